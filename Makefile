@@ -1,0 +1,40 @@
+# The two set-up commands of the README:
+#   make demo   installs everything into .venv and runs the main job on the embedded default
+#   make test   installs everything into .venv and runs the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# The CPU wheel of this release lies on the machines' disk; a bare `torch` would pull a multi-GB CUDA build.
+TORCH  ?= torch==2.13.0
+SYSTEM_PACKAGES := ffmpeg sox espeak-ng
+
+.PHONY: install system-deps test demo bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Debian packages: ffmpeg decodes what soundfile cannot (webm/opus, m4a, video), sox and espeak-ng make test audio.
+system-deps:
+	@missing=""; for p in ffmpeg sox espeak-ng; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
+	  else echo "missing:$$missing -- run: sudo apt-get install $(SYSTEM_PACKAGES)"; exit 1; fi; \
+	fi
+
+test: install system-deps
+	$(PY) -m pytest -q tests
+
+demo: install system-deps
+	$(PY) scripts/demo.py
+
+bench: install
+	$(PY) bench/bench_features.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

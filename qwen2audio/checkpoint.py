@@ -1,0 +1,368 @@
+"""Hugging Face checkpoints: the only module that knows the names on disk (SPEC §2).
+
+Reading: `config.json` + safetensors (one file, or shards with `model.safetensors.index.json`), in the hub layout
+(`audio_tower.*`, `language_model.model.*`) or the transformers >= 5.10 layout (`model.audio_tower.*`,
+`model.language_model.*`, `lm_head.*`). The model is built on the meta device and each tensor is a view of the
+memory-mapped file (copied only when the dtype or device changes), so loading takes about one copy of the weights.
+Pickle files are never opened.
+
+Writing: the hub layout, sharded, each file written to a temporary name, fsynced and renamed, so a crash never
+leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import mmap
+import os
+import re
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+from safetensors.torch import save_file
+
+from .model import Qwen2Audio, Qwen2AudioConfig
+
+CONFIG_NAME = "config.json"
+GENERATION_CONFIG_NAME = "generation_config.json"
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+DEFAULT_SHARD_SIZE = 5 * 1024**3  # bytes per shard, as the hub checkpoints use
+
+# Hub name -> our name, per module ('{}' = layer index). A parameter keeps its suffix (.weight/.bias) unless the
+# entry names the full parameter. Used for loading and, inverted, for saving.
+HF_TO_OURS: dict[str, str] = {
+    "audio_tower.conv1": "audio_encoder.conv1",
+    "audio_tower.conv2": "audio_encoder.conv2",
+    "audio_tower.embed_positions.weight": "audio_encoder.positional_embedding",
+    "audio_tower.layers.{}.self_attn.q_proj": "audio_encoder.layers.{}.attn.q_proj",
+    "audio_tower.layers.{}.self_attn.k_proj": "audio_encoder.layers.{}.attn.k_proj",
+    "audio_tower.layers.{}.self_attn.v_proj": "audio_encoder.layers.{}.attn.v_proj",
+    "audio_tower.layers.{}.self_attn.out_proj": "audio_encoder.layers.{}.attn.out_proj",
+    "audio_tower.layers.{}.self_attn_layer_norm": "audio_encoder.layers.{}.attn_norm",
+    "audio_tower.layers.{}.final_layer_norm": "audio_encoder.layers.{}.mlp_norm",
+    "audio_tower.layers.{}.fc1": "audio_encoder.layers.{}.fc1",
+    "audio_tower.layers.{}.fc2": "audio_encoder.layers.{}.fc2",
+    "audio_tower.layer_norm": "audio_encoder.final_norm",
+    "multi_modal_projector.linear": "projector.linear",
+    "language_model.model.embed_tokens": "decoder.embed_tokens",
+    "language_model.model.layers.{}.self_attn.q_proj": "decoder.layers.{}.attn.q_proj",
+    "language_model.model.layers.{}.self_attn.k_proj": "decoder.layers.{}.attn.k_proj",
+    "language_model.model.layers.{}.self_attn.v_proj": "decoder.layers.{}.attn.v_proj",
+    "language_model.model.layers.{}.self_attn.o_proj": "decoder.layers.{}.attn.o_proj",
+    "language_model.model.layers.{}.mlp.gate_proj": "decoder.layers.{}.mlp.gate_proj",
+    "language_model.model.layers.{}.mlp.up_proj": "decoder.layers.{}.mlp.up_proj",
+    "language_model.model.layers.{}.mlp.down_proj": "decoder.layers.{}.mlp.down_proj",
+    "language_model.model.layers.{}.input_layernorm": "decoder.layers.{}.attn_norm",
+    "language_model.model.layers.{}.post_attention_layernorm": "decoder.layers.{}.mlp_norm",
+    "language_model.model.norm": "decoder.norm",
+    "language_model.lm_head": "decoder.lm_head",
+}
+
+SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or written; the message names the file or key and what to do."""
+
+
+# -- names --------------------------------------------------------------------------------------------------------
+
+def _template_regex(template: str) -> re.Pattern:
+    return re.compile("^" + re.escape(template).replace(r"\{\}", r"(\d+)") + "$")
+
+
+_LOAD_RULES = [(_template_regex(hf), ours) for hf, ours in HF_TO_OURS.items()]
+_SAVE_RULES = [(_template_regex(ours), hf) for hf, ours in HF_TO_OURS.items()]
+
+
+def _rename(name: str, rules) -> str | None:
+    for full in (True, False):  # a full-parameter entry first, then module + suffix
+        module, suffix = (name, "") if full else (name.rpartition(".")[0], "." + name.rpartition(".")[2])
+        for pattern, target in rules:
+            m = pattern.match(module)
+            if m:
+                return target.replace("{}", m.group(1)) + suffix if m.groups() else target + suffix
+    return None
+
+
+def to_hub_name(key: str) -> str:
+    """Any accepted on-disk layout -> the hub layout."""
+    if key.startswith("model."):  # transformers >= 5.10 in-memory layout
+        key = key[len("model."):]
+    if key.startswith("lm_head."):
+        return "language_model." + key
+    if key.startswith("language_model."):
+        rest = key[len("language_model."):]
+        while rest.startswith("model."):  # 'model.' once in the hub layout; some 5.12 saves wrote it twice
+            rest = rest[len("model."):]
+        return "language_model." + (rest if rest.startswith("lm_head.") else "model." + rest)
+    return key
+
+
+def hf_to_ours(key: str) -> str | None:
+    return _rename(to_hub_name(key), _LOAD_RULES)
+
+
+def ours_to_hf(name: str) -> str:
+    hub = _rename(name, _SAVE_RULES)
+    if hub is None:
+        raise CheckpointError(f"parameter {name!r} has no checkpoint name (add it to checkpoint.HF_TO_OURS)")
+    return hub
+
+
+# -- reading safetensors ---------------------------------------------------------------------------------------
+
+def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """The JSON header of a .safetensors file and where its data begins; checks that every tensor fits the file."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise CheckpointError(f"{path}: {size} bytes, not a safetensors file (truncated or empty)")
+        (n,) = struct.unpack("<Q", raw)
+        if n > size - 8:
+            raise CheckpointError(f"{path}: header of {n} bytes does not fit a {size}-byte file: the file is "
+                                  "truncated or not safetensors; download or copy it again")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{path}: unreadable safetensors header ({e}); the file is corrupt") from None
+    header.pop("__metadata__", None)
+    data_size = size - 8 - n
+    for key, info in header.items():
+        begin, end = info["data_offsets"]
+        if end > data_size:
+            raise CheckpointError(f"{path}: tensor {key!r} ends at byte {end} of a {data_size}-byte data section: "
+                                  "the file is truncated; download or copy it again")
+        if info["dtype"] not in SAFETENSORS_DTYPES:
+            raise CheckpointError(f"{path}: tensor {key!r} has unsupported dtype {info['dtype']}")
+    return header, 8 + n
+
+
+def iter_safetensors(path: Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) for every tensor in the file, each a zero-copy view of a private memory map."""
+    header, data_start = read_safetensors_header(path)
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return
+        buf = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)  # copy-on-write: writable, file untouched
+    for key, info in header.items():
+        dtype = SAFETENSORS_DTYPES[info["dtype"]]
+        begin, end = info["data_offsets"]
+        count = (end - begin) // dtype.itemsize
+        flat = torch.frombuffer(buf, dtype=dtype, count=count, offset=data_start + begin) if count else \
+            torch.empty(0, dtype=dtype)
+        yield key, flat.view(info["shape"])
+
+
+def checkpoint_files(directory: Path) -> list[Path]:
+    """The safetensors files of a checkpoint directory, from the index when there is one."""
+    index = directory / INDEX_FILE
+    if index.exists():
+        try:
+            weight_map = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError) as e:
+            raise CheckpointError(f"{index}: not a valid safetensors index ({e})") from None
+        files = [directory / name for name in dict.fromkeys(weight_map.values())]
+        for f in files:
+            if not f.exists():
+                raise CheckpointError(f"{index} names {f.name}, which is missing from {directory}")
+        return files
+    if (directory / SINGLE_FILE).exists():
+        return [directory / SINGLE_FILE]
+    files = sorted(directory.glob("*.safetensors"))
+    if files:
+        return files
+    pickles = sorted(p.name for p in directory.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    if pickles:
+        raise CheckpointError(f"{directory} holds only pickle weights ({', '.join(pickles)}), which are never "
+                              "loaded (unpickling runs arbitrary code); convert them to safetensors first")
+    raise CheckpointError(f"no *.safetensors weights in {directory}")
+
+
+def read_config(directory: Path) -> tuple[Qwen2AudioConfig, dict[str, Any]]:
+    """Our config and the raw config.json dict."""
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a directory; pass a Hugging Face checkpoint directory")
+    path = directory / CONFIG_NAME
+    if not path.exists():
+        raise CheckpointError(f"{directory} has no {CONFIG_NAME}: not a Hugging Face checkpoint directory")
+    try:
+        raw = json.loads(path.read_text())
+        return Qwen2AudioConfig.from_hf_dict(raw), raw
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: {e}") from None
+
+
+def checkpoint_dtype(raw_config: dict[str, Any]) -> torch.dtype | None:
+    name = raw_config.get("dtype") or raw_config.get("torch_dtype") or \
+        (raw_config.get("text_config") or {}).get("dtype") or (raw_config.get("text_config") or {}).get("torch_dtype")
+    return DTYPE_NAMES.get(name) if isinstance(name, str) else None
+
+
+# -- loading ---------------------------------------------------------------------------------------------------
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
+               model_cls: Callable[[Qwen2AudioConfig], Qwen2Audio] = Qwen2Audio) -> Qwen2Audio:
+    """Build `model_cls(config)` on the meta device and fill it with the checkpoint's tensors.
+
+    dtype: None keeps the checkpoint's dtype (config.json `dtype`/`torch_dtype`, else as stored).
+    """
+    directory = Path(path)
+    config, raw = read_config(directory)
+    dtype = DTYPE_NAMES[dtype] if isinstance(dtype, str) else dtype
+    files = checkpoint_files(directory)
+    with torch.device("meta"):
+        model = model_cls(config)
+    expected = {name: t.shape for name, t in model.state_dict().items()}
+
+    state: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    stored_lm_head: tuple[str, torch.Tensor] | None = None
+    for file in files:
+        for key, tensor in iter_safetensors(file):
+            name = hf_to_ours(key)
+            if name == "decoder.lm_head.weight" and config.text.tie_embeddings:
+                stored_lm_head = (key, tensor)
+                continue
+            if name is None or name not in expected:
+                unexpected.append(f"{key} (in {file.name})")
+                continue
+            if tuple(tensor.shape) != tuple(expected[name]):
+                raise CheckpointError(
+                    f"{file}: {key} has shape {list(tensor.shape)} but config.json implies {list(expected[name])}: "
+                    "the config does not match the weights")
+            state[name] = tensor
+    if stored_lm_head is not None:
+        state = _resolve_tied_head(model, config, state, stored_lm_head)
+        expected = {name: t.shape for name, t in model.state_dict().items()}
+    missing = sorted(set(expected) - set(state))
+    if missing or unexpected:
+        lines = [f"checkpoint {directory} does not match its config.json:"]
+        if missing:
+            lines.append(f"  missing ({len(missing)}): " + ", ".join(ours_to_hf(n) for n in missing[:8]) +
+                         (" ..." if len(missing) > 8 else ""))
+        if unexpected:
+            lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected[:8]) +
+                         (" ..." if len(unexpected) > 8 else ""))
+        raise CheckpointError("\n".join(lines))
+
+    target = dtype or checkpoint_dtype(raw)
+    for name, t in state.items():
+        state[name] = t.to(device=device, dtype=target if target and t.is_floating_point() else t.dtype)
+    model.load_state_dict(state, assign=True)
+    model.audio_encoder.positional_embedding.requires_grad_(False)
+    model.hf_config = raw  # kept so that saving writes back what we do not model
+    generation = directory / GENERATION_CONFIG_NAME
+    model.generation_config = json.loads(generation.read_text()) if generation.exists() else default_generation_config()
+    return model.eval()
+
+
+def _resolve_tied_head(model, config, state, stored):
+    """config says tied but the file has an lm_head: fine when it equals the embeddings (drop it); otherwise the
+    weights are the truth (some transformers 5.10 saves mis-tied): untie, so nothing stored is thrown away."""
+    key, head = stored
+    embed = state.get("decoder.embed_tokens.weight")
+    if embed is not None and head.shape == embed.shape and torch.equal(head, embed):
+        return state
+    config.text.tie_embeddings = False
+    with torch.device("meta"):
+        model.decoder.lm_head = torch.nn.Linear(config.text.dim, config.text.vocab_size, bias=False)
+    return {**state, "decoder.lm_head.weight": head}
+
+
+# -- writing ---------------------------------------------------------------------------------------------------
+
+def hub_state_dict(model: Qwen2Audio, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The model's tensors under their hub names (tied lm_head omitted, as transformers saves it)."""
+    out = {}
+    for name, t in model.state_dict().items():
+        t = t.detach()
+        if dtype is not None and t.is_floating_point():
+            t = t.to(dtype)
+        out[ours_to_hf(name)] = t.contiguous()
+    return out
+
+
+def save_model(model: Qwen2Audio, path: str | os.PathLike, dtype: torch.dtype | str | None = None,
+               max_shard_bytes: int = DEFAULT_SHARD_SIZE, generation_config: dict[str, Any] | None = None) -> Path:
+    """Write config.json, generation_config.json and sharded safetensors in the hub layout."""
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    dtype = DTYPE_NAMES[dtype] if isinstance(dtype, str) else dtype
+    tensors = hub_state_dict(model, dtype)
+    saved_dtype = dtype or model.decoder.embed_tokens.weight.dtype
+    if saved_dtype == torch.float8_e4m3fn or saved_dtype not in DTYPE_NAMES.values():
+        raise CheckpointError(f"cannot save in dtype {saved_dtype}; use float32, bfloat16 or float16")
+
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key, t in tensors.items():
+        nbytes = t.numel() * t.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = t
+        size += nbytes
+    for stale in list(directory.glob("model*.safetensors")) + [directory / INDEX_FILE]:
+        stale.unlink(missing_ok=True)  # a previous save with another shard count must not linger
+    def shard_writer(shard):
+        return lambda tmp: save_file(shard, tmp, metadata={"format": "pt"})
+
+    if len(shards) == 1:
+        atomic_write(directory / SINGLE_FILE, shard_writer(shards[0]))
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards, 1):
+            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+            atomic_write(directory / name, shard_writer(shard))
+            weight_map.update(dict.fromkeys(shard, name))
+        total = sum(t.numel() * t.element_size() for t in tensors.values())
+        atomic_write_json(directory / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
+
+    dtype_name = next(n for n, d in DTYPE_NAMES.items() if d == saved_dtype)
+    hf = {**getattr(model, "hf_config", {}), **model.config.to_hf_dict(), "dtype": dtype_name,
+          "torch_dtype": dtype_name}
+    hf["text_config"] = {**hf["text_config"], "dtype": dtype_name, "torch_dtype": dtype_name}
+    atomic_write_json(directory / CONFIG_NAME, hf)
+    generation_config = generation_config or getattr(model, "generation_config", None) or default_generation_config()
+    atomic_write_json(directory / GENERATION_CONFIG_NAME, generation_config)
+    return directory
+
+
+def default_generation_config() -> dict[str, Any]:
+    # <|endoftext|> pads; <|im_end|> ends an Instruct turn, <|endoftext|> ends base-model output.
+    return {"bos_token_id": 151643, "pad_token_id": 151643, "eos_token_id": [151643, 151645]}
+
+
+def atomic_write(path: Path, write: Callable[[str], None] | bytes) -> None:
+    """Write to a temporary file beside `path` (bytes, or `write(tmp_path)`), fsync, rename: readers see the old
+    file or the new one, never half of one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if isinstance(write, bytes):
+                f.write(write)
+        if not isinstance(write, bytes):
+            write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())

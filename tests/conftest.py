@@ -1,0 +1,76 @@
+"""Shared fixtures: tiny random Qwen2-Audio configs in the Hugging Face format, and inputs with expanded audio."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qwen2audio.model import audio_token_count
+
+# Special ids of the Qwen2-Audio vocabulary (SPEC §4), for building inputs by hand in tests.
+PAD, IM_START, AUDIO, AUDIO_BOS, AUDIO_EOS = 151643, 151644, 151646, 151647, 151648
+
+# Several tiny shapes: grouped-query and not, tied and untied embeddings, odd sizes, 80 and 128 mel bins.
+TINY_HF_CONFIGS = {
+    "gqa-untied": dict(
+        audio_config=dict(d_model=64, encoder_layers=2, encoder_attention_heads=4, encoder_ffn_dim=96,
+                          num_mel_bins=128),
+        text_config=dict(model_type="qwen2", vocab_size=151700, hidden_size=48, num_hidden_layers=2,
+                         num_attention_heads=6, num_key_value_heads=2, intermediate_size=80, rms_norm_eps=1e-6,
+                         rope_theta=1000000.0, tie_word_embeddings=False)),
+    "mha-tied": dict(
+        audio_config=dict(d_model=32, encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=64,
+                          num_mel_bins=128),
+        text_config=dict(model_type="qwen2", vocab_size=151936, hidden_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=4, intermediate_size=96, rms_norm_eps=1e-5,
+                         tie_word_embeddings=True),
+        tie_word_embeddings=True),
+    "odd-80mel": dict(
+        audio_config=dict(d_model=60, encoder_layers=3, encoder_attention_heads=5, encoder_ffn_dim=84,
+                          num_mel_bins=80),
+        text_config=dict(model_type="qwen2", vocab_size=151655, hidden_size=36, num_hidden_layers=3,
+                         num_attention_heads=3, num_key_value_heads=1, intermediate_size=70, rms_norm_eps=1e-6,
+                         tie_word_embeddings=False)),
+}
+
+
+def make_hf_model(name: str, seed: int = 0):
+    from transformers import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = Qwen2AudioForConditionalGeneration(Qwen2AudioConfig(**TINY_HF_CONFIGS[name])).eval()
+    with torch.no_grad():  # transformers initialises some weights to constants; randomise them all
+        for p in model.parameters():
+            p.normal_(0, 0.1 if p.ndim > 1 else 0.3)
+        model.tie_weights() if TINY_HF_CONFIGS[name].get("tie_word_embeddings") else None
+    return model
+
+
+def make_batch(n_mels: int, seconds=(0.8, 23.0), texts=((872, 198), (100, 200, 300, 400)), seed: int = 0):
+    """Left-padded batch of two conversations, one audio each: ids with <|AUDIO|> expanded, features, masks and
+    labels that supervise only the text after the audio."""
+    g = torch.Generator().manual_seed(seed)
+    frames = [int(s * 100) for s in seconds]
+    feats = torch.randn(len(frames), n_mels, 3000, generator=g)
+    fmask = torch.zeros(len(frames), 3000, dtype=torch.long)
+    for i, n in enumerate(frames):
+        fmask[i, :n] = 1
+    seqs, answers = [], []
+    for n, text in zip(frames, texts):
+        prompt = [IM_START, 872, 198, AUDIO_BOS] + [AUDIO] * int(audio_token_count(n)) + [AUDIO_EOS]
+        seqs.append(prompt + list(text))
+        answers.append(len(text))
+    T = max(map(len, seqs))
+    ids = torch.full((len(seqs), T), PAD)
+    mask = torch.zeros(len(seqs), T, dtype=torch.long)
+    labels = torch.full((len(seqs), T), -100)
+    for i, (s, k) in enumerate(zip(seqs, answers)):
+        ids[i, T - len(s):] = torch.tensor(s)
+        mask[i, T - len(s):] = 1
+        labels[i, T - k:] = ids[i, T - k:]
+    return dict(input_ids=ids, attention_mask=mask, input_features=feats, feature_attention_mask=fmask), labels
+
+
+@pytest.fixture(params=sorted(TINY_HF_CONFIGS))
+def hf_name(request):
+    return request.param
