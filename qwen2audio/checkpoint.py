@@ -17,13 +17,13 @@ import mmap
 import os
 import re
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from safetensors.torch import save_file
 
+from .files import atomic_write, atomic_write_json
 from .model import Qwen2Audio, Qwen2AudioConfig
 
 CONFIG_NAME = "config.json"
@@ -229,12 +229,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
 
     state: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
-    stored_lm_head: tuple[str, torch.Tensor] | None = None
+    stored_lm_head: tuple[Path, str, torch.Tensor] | None = None
     for file in files:
         for key, tensor in iter_safetensors(file):
             name = hf_to_ours(key)
             if name == "decoder.lm_head.weight" and config.text.tie_embeddings:
-                stored_lm_head = (key, tensor)
+                stored_lm_head = (file, key, tensor)
                 continue
             if name is None or name not in expected:
                 unexpected.append(f"{key} (in {file.name})")
@@ -272,9 +272,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
 def _resolve_tied_head(model, config, state, stored):
     """config says tied but the file has an lm_head: fine when it equals the embeddings (drop it); otherwise the
     weights are the truth (some transformers 5.10 saves mis-tied): untie, so nothing stored is thrown away."""
-    key, head = stored
+    file, key, head = stored
     embed = state.get("decoder.embed_tokens.weight")
-    if embed is not None and head.shape == embed.shape and torch.equal(head, embed):
+    if embed is not None and head.shape == embed.shape and head.dtype == embed.dtype and \
+            _equal_to_stored(file, key, embed):
         return state
     config.text.tie_embeddings = False
     with torch.device("meta"):
@@ -282,12 +283,38 @@ def _resolve_tied_head(model, config, state, stored):
     return {**state, "decoder.lm_head.weight": head}
 
 
+def _equal_to_stored(file: Path, key: str, other: torch.Tensor, chunk_bytes: int = 4 * 2**20) -> bool:
+    """torch.equal(tensor `key` of `file`, other), reading the file in small chunks instead of mapping it, so that a
+    tensor we are about to drop (a tied lm_head) never counts as a second copy of the embeddings in memory."""
+    header, data_start = read_safetensors_header(file)
+    begin, end = header[key]["data_offsets"]
+    flat = other.contiguous().view(-1).view(torch.uint8)
+    if end - begin != flat.numel():
+        return False
+    chunk = bytearray(chunk_bytes)
+    with open(file, "rb") as f:
+        f.seek(data_start + begin)
+        for start in range(0, flat.numel(), chunk_bytes):
+            n = f.readinto(memoryview(chunk)[:min(chunk_bytes, flat.numel() - start)])
+            if not torch.equal(torch.frombuffer(chunk, dtype=torch.uint8, count=n), flat[start:start + n]):
+                return False
+    return True
+
+
 # -- writing ---------------------------------------------------------------------------------------------------
 
 def hub_state_dict(model: Qwen2Audio, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The model's tensors under their hub names (tied lm_head omitted, as transformers saves it)."""
+    """The model's tensors under their hub names.
+
+    A tied lm_head is written too, as a copy of the embeddings: transformers (5.24) does not tie Qwen2-Audio's
+    lm_head on load and would initialise it at random; vLLM skips it when `tie_word_embeddings` is set, and we
+    tie it again on load because the two are equal.
+    """
+    state = model.state_dict()
+    if model.decoder.lm_head is None:
+        state["decoder.lm_head.weight"] = state["decoder.embed_tokens.weight"].clone()  # safetensors: no sharing
     out = {}
-    for name, t in model.state_dict().items():
+    for name, t in state.items():
         t = t.detach()
         if dtype is not None and t.is_floating_point():
             t = t.to(dtype)
@@ -344,25 +371,3 @@ def save_model(model: Qwen2Audio, path: str | os.PathLike, dtype: torch.dtype | 
 def default_generation_config() -> dict[str, Any]:
     # <|endoftext|> pads; <|im_end|> ends an Instruct turn, <|endoftext|> ends base-model output.
     return {"bos_token_id": 151643, "pad_token_id": 151643, "eos_token_id": [151643, 151645]}
-
-
-def atomic_write(path: Path, write: Callable[[str], None] | bytes) -> None:
-    """Write to a temporary file beside `path` (bytes, or `write(tmp_path)`), fsync, rename: readers see the old
-    file or the new one, never half of one."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if isinstance(write, bytes):
-                f.write(write)
-        if not isinstance(write, bytes):
-            write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write(path, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())

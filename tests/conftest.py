@@ -42,7 +42,8 @@ def make_hf_model(name: str, seed: int = 0):
     with torch.no_grad():  # transformers initialises some weights to constants; randomise them all
         for p in model.parameters():
             p.normal_(0, 0.1 if p.ndim > 1 else 0.3)
-        model.tie_weights() if TINY_HF_CONFIGS[name].get("tie_word_embeddings") else None
+        if TINY_HF_CONFIGS[name].get("tie_word_embeddings"):  # transformers 5.24 does not tie this model itself
+            model.lm_head.weight.copy_(model.model.language_model.embed_tokens.weight)
     return model
 
 
