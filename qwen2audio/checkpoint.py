@@ -17,6 +17,7 @@ import mmap
 import os
 import re
 import struct
+from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -303,59 +304,82 @@ def _equal_to_stored(file: Path, key: str, other: torch.Tensor, chunk_bytes: int
 
 # -- writing ---------------------------------------------------------------------------------------------------
 
-def hub_state_dict(model: Qwen2Audio, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def hub_state_dict(model: Qwen2Audio) -> dict[str, torch.Tensor]:
     """The model's tensors under their hub names.
 
-    A tied lm_head is written too, as a copy of the embeddings: transformers (5.24) does not tie Qwen2-Audio's
-    lm_head on load and would initialise it at random; vLLM skips it when `tie_word_embeddings` is set, and we
-    tie it again on load because the two are equal.
+    A tied lm_head is written too, as the embeddings again: transformers (5.24) does not tie Qwen2-Audio's lm_head
+    on load and would initialise it at random; vLLM skips it when `tie_word_embeddings` is set, and we tie it again
+    on load because the two are equal.
     """
-    state = model.state_dict()
+    state = {ours_to_hf(name): t.detach() for name, t in model.state_dict().items()}
     if model.decoder.lm_head is None:
-        state["decoder.lm_head.weight"] = state["decoder.embed_tokens.weight"].clone()  # safetensors: no sharing
-    out = {}
-    for name, t in state.items():
-        t = t.detach()
-        if dtype is not None and t.is_floating_point():
-            t = t.to(dtype)
-        out[ours_to_hf(name)] = t.contiguous()
-    return out
+        state["language_model.lm_head.weight"] = state["language_model.model.embed_tokens.weight"]
+    return state
+
+
+def to_transformers_name(hub: str) -> str:
+    """Hub layout -> transformers >= 5.10 in-memory layout (model.audio_tower.*, model.language_model.*, lm_head)."""
+    if hub.startswith("language_model.lm_head."):
+        return hub[len("language_model."):]
+    if hub.startswith("language_model.model."):
+        return "model.language_model." + hub[len("language_model.model."):]
+    return "model." + hub
+
+
+LAYOUTS = {"hub": lambda name: name, "transformers": to_transformers_name}
 
 
 def save_model(model: Qwen2Audio, path: str | os.PathLike, dtype: torch.dtype | str | None = None,
-               max_shard_bytes: int = DEFAULT_SHARD_SIZE, generation_config: dict[str, Any] | None = None) -> Path:
-    """Write config.json, generation_config.json and sharded safetensors in the hub layout."""
+               max_shard_bytes: int = DEFAULT_SHARD_SIZE, generation_config: dict[str, Any] | None = None,
+               layout: str = "hub") -> Path:
+    """Write config.json, generation_config.json and sharded safetensors (hub layout unless told otherwise).
+
+    Tensors are converted to `dtype` one shard at a time, so saving needs at most one shard of extra memory. New
+    files are written first (each atomically), then the index and config, and only then are stale shards of an
+    earlier save in the same directory removed.
+    """
+    if layout not in LAYOUTS:
+        raise CheckpointError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     directory = Path(path)
     directory.mkdir(parents=True, exist_ok=True)
     dtype = DTYPE_NAMES[dtype] if isinstance(dtype, str) else dtype
-    tensors = hub_state_dict(model, dtype)
     saved_dtype = dtype or model.decoder.embed_tokens.weight.dtype
-    if saved_dtype == torch.float8_e4m3fn or saved_dtype not in DTYPE_NAMES.values():
+    if saved_dtype not in DTYPE_NAMES.values():
         raise CheckpointError(f"cannot save in dtype {saved_dtype}; use float32, bfloat16 or float16")
+    tensors = {LAYOUTS[layout](k): t for k, t in hub_state_dict(model).items()}
 
-    shards: list[dict[str, torch.Tensor]] = [{}]
+    def nbytes(t: torch.Tensor) -> int:
+        return t.numel() * (saved_dtype.itemsize if t.is_floating_point() else t.element_size())
+
+    shards: list[list[str]] = [[]]
     size = 0
     for key, t in tensors.items():
-        nbytes = t.numel() * t.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
+        if shards[-1] and size + nbytes(t) > max_shard_bytes:
+            shards.append([])
             size = 0
-        shards[-1][key] = t
-        size += nbytes
-    for stale in list(directory.glob("model*.safetensors")) + [directory / INDEX_FILE]:
-        stale.unlink(missing_ok=True)  # a previous save with another shard count must not linger
-    def shard_writer(shard):
-        return lambda tmp: save_file(shard, tmp, metadata={"format": "pt"})
+        shards[-1].append(key)
+        size += nbytes(t)
 
-    if len(shards) == 1:
-        atomic_write(directory / SINGLE_FILE, shard_writer(shards[0]))
-    else:
-        weight_map = {}
-        for i, shard in enumerate(shards, 1):
-            name = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-            atomic_write(directory / name, shard_writer(shard))
-            weight_map.update(dict.fromkeys(shard, name))
-        total = sum(t.numel() * t.element_size() for t in tensors.values())
+    # safetensors refuses two names over one storage (the tied lm_head): those are written as copies
+    storages = Counter(t.untyped_storage().data_ptr() for t in tensors.values())
+
+    def write_shard(keys: list[str]):
+        def write(tmp: str) -> None:
+            shard = {}
+            for k in keys:
+                t = tensors[k].to(saved_dtype) if tensors[k].is_floating_point() else tensors[k]
+                shared = t.data_ptr() == tensors[k].data_ptr() and storages[t.untyped_storage().data_ptr()] > 1
+                shard[k] = t.clone() if shared else t.contiguous()
+            save_file(shard, tmp, metadata={"format": "pt"})
+        return write
+
+    names = [SINGLE_FILE] if len(shards) == 1 else \
+        [f"model-{i:05d}-of-{len(shards):05d}.safetensors" for i in range(1, len(shards) + 1)]
+    for name, keys in zip(names, shards):
+        atomic_write(directory / name, write_shard(keys))
+    if len(shards) > 1:
+        weight_map = {k: name for name, keys in zip(names, shards) for k in keys}
+        total = sum(nbytes(t) for t in tensors.values())
         atomic_write_json(directory / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
 
     dtype_name = next(n for n, d in DTYPE_NAMES.items() if d == saved_dtype)
@@ -365,6 +389,11 @@ def save_model(model: Qwen2Audio, path: str | os.PathLike, dtype: torch.dtype | 
     atomic_write_json(directory / CONFIG_NAME, hf)
     generation_config = generation_config or getattr(model, "generation_config", None) or default_generation_config()
     atomic_write_json(directory / GENERATION_CONFIG_NAME, generation_config)
+    stale = [p for p in directory.glob("model*.safetensors") if p.name not in names]
+    if len(shards) == 1:
+        stale.append(directory / INDEX_FILE)
+    for p in stale:  # a previous save with another shard count must not linger
+        p.unlink(missing_ok=True)
     return directory
 
 

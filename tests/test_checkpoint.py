@@ -212,3 +212,15 @@ def test_loading_takes_about_one_copy_of_the_weights(tmp_path):
     base, peak, weights = map(float, out)
     assert 300 < weights < 500
     assert peak - base < 1.15 * weights, f"loading {weights:.0f} MB of weights peaked at {peak - base:.0f} MB"
+
+
+def test_transformers_layout_output_loads_in_both(hf_dir, tmp_path):
+    from transformers import Qwen2AudioForConditionalGeneration
+    model = load_model(hf_dir)
+    out = save_model(model, tmp_path / "v5", layout="transformers", dtype="float16")
+    keys = load_file(out / "model.safetensors")
+    assert "lm_head.weight" in keys and "model.audio_tower.conv1.weight" in keys
+    assert all(t.dtype == torch.float16 for t in keys.values())
+    assert load_model(out).dtype == torch.float16
+    hf = Qwen2AudioForConditionalGeneration.from_pretrained(out)
+    assert hf.lm_head.weight.equal(model.decoder.lm_head.weight.half())
