@@ -9,9 +9,12 @@ from pathlib import Path
 
 import torch
 
-from .checkpoint import DEFAULT_SHARD_SIZE, load_model, save_model
+from .chat import chat as run_chat
+from .checkpoint import DEFAULT_SHARD_SIZE, default_generation_config, load_model, save_model
+from .generate import GenerationConfig, Generator
 from .model import Qwen2Audio
 from .processor import Processor
+from .transcribe import transcribe as run_transcribe
 
 
 class Qwen2AudioForConditionalGeneration(Qwen2Audio):
@@ -37,6 +40,50 @@ class Qwen2AudioForConditionalGeneration(Qwen2Audio):
         directory = save_model(self, path, dtype=dtype, max_shard_bytes=parse_size(max_shard_size), layout=layout)
         (self.processor or Processor()).save_pretrained(directory)
         return directory
+
+    # -- generation ----------------------------------------------------------------------------------------------
+    @property
+    def generator(self) -> Generator:
+        """The generation engine of this model (KV caches, compiled decode step), made on first use."""
+        if self.__dict__.get("_generator") is None:
+            self.__dict__["_generator"] = Generator(self)
+        return self.__dict__["_generator"]
+
+    @generator.setter
+    def generator(self, generator: Generator) -> None:
+        """Use another engine, e.g. `model.generator = Generator(model, compile=False)` (the CLI's --no-compile)."""
+        self.__dict__["_generator"] = generator
+
+    def chat(self, messages, stream: bool = False, stop=None, **options):
+        """The assistant's reply to OpenAI-style `messages` (text and audio parts), or to each of a batch of
+        conversations; `stream=True` yields text pieces. See `qwen2audio.chat.chat`."""
+        return run_chat(self, messages, stream=stream, stop=stop, **options)
+
+    def transcribe(self, audio, language: str | None = None, **options):
+        """Speech to text for audio of any length (windows cut at pauses). See `qwen2audio.transcribe.transcribe`."""
+        return run_transcribe(self, audio, language=language, **options)
+
+    def generation_defaults(self) -> dict:
+        """generation_config.json of the checkpoint (eos and pad ids come from there, never from constants)."""
+        return getattr(self, "generation_config", None) or default_generation_config()
+
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                 input_features: torch.Tensor | None = None, feature_attention_mask: torch.Tensor | None = None,
+                 **options) -> torch.Tensor:
+        """transformers' `generate`: the prompts followed by the new tokens, [B, T + n].
+
+        options: max_new_tokens, do_sample, temperature, top_p, top_k, repetition_penalty, eos_token_id,
+        pad_token_id, seed. Defaults come from the checkpoint's generation_config.json, except that decoding is
+        greedy unless do_sample=True is passed (as with transformers when you pass do_sample=False explicitly).
+        """
+        config = self.generation_config_for(**options)
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "input_features": input_features,
+                  "feature_attention_mask": feature_attention_mask}
+        return self.generator.generate({k: v for k, v in inputs.items() if v is not None}, config)
+
+    def generation_config_for(self, **options) -> GenerationConfig:
+        options.setdefault("do_sample", False)
+        return GenerationConfig.from_kwargs(self.generation_defaults(), **options)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

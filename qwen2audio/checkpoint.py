@@ -77,15 +77,18 @@ class CheckpointError(ValueError):
 
 # -- names --------------------------------------------------------------------------------------------------------
 
-def _template_regex(template: str) -> re.Pattern:
-    return re.compile("^" + re.escape(template).replace(r"\{\}", r"(\d+)") + "$")
+def name_rules(table: dict[str, str]) -> list[tuple[re.Pattern, str]]:
+    """Compile a {source template: target template} table ('{}' = a layer index) for `rename`."""
+    return [(re.compile("^" + re.escape(source).replace(r"\{\}", r"(\d+)") + "$"), target)
+            for source, target in table.items()]
 
 
-_LOAD_RULES = [(_template_regex(hf), ours) for hf, ours in HF_TO_OURS.items()]
-_SAVE_RULES = [(_template_regex(ours), hf) for hf, ours in HF_TO_OURS.items()]
+_LOAD_RULES = name_rules(HF_TO_OURS)
+_SAVE_RULES = name_rules({ours: hf for hf, ours in HF_TO_OURS.items()})
 
 
-def _rename(name: str, rules) -> str | None:
+def rename(name: str, rules: list[tuple[re.Pattern, str]]) -> str | None:
+    """Apply the first matching rule to a full parameter name, or to its module path keeping the suffix."""
     for full in (True, False):  # a full-parameter entry first, then module + suffix
         module, suffix = (name, "") if full else (name.rpartition(".")[0], "." + name.rpartition(".")[2])
         for pattern, target in rules:
@@ -110,11 +113,11 @@ def to_hub_name(key: str) -> str:
 
 
 def hf_to_ours(key: str) -> str | None:
-    return _rename(to_hub_name(key), _LOAD_RULES)
+    return rename(to_hub_name(key), _LOAD_RULES)
 
 
 def ours_to_hf(name: str) -> str:
-    hub = _rename(name, _SAVE_RULES)
+    hub = rename(name, _SAVE_RULES)
     if hub is None:
         raise CheckpointError(f"parameter {name!r} has no checkpoint name (add it to checkpoint.HF_TO_OURS)")
     return hub
@@ -338,6 +341,9 @@ def save_model(model: Qwen2Audio, path: str | os.PathLike, dtype: torch.dtype | 
     files are written first (each atomically), then the index and config, and only then are stale shards of an
     earlier save in the same directory removed.
     """
+    if getattr(model, "quantization", None):
+        raise CheckpointError(f"this model is quantised ({model.quantization}) for inference; save the full-precision "
+                              "model (load it again) instead: the Hugging Face layout has no place for our scales")
     if layout not in LAYOUTS:
         raise CheckpointError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     directory = Path(path)

@@ -7,16 +7,24 @@
 
 Each `<|AUDIO|>` of the text (one per audio, in order across the batch) is expanded to `audio_token_count(frames)`
 copies, the number of frames the encoder gives for that audio.
+
+Audio over 30 s (`long_audio=`): "truncate" cuts it to 30 s with a warning, as transformers does (the default);
+"window" splits it into windows of at most 30 s, cut at pauses where there are any (`split_long_audio`), each
+encoded as its own feature row; the windows' frames fill that audio's one `<|AUDIO|>` span in order, so its
+placeholder expands to the sum of the windows' counts; "error" refuses it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .files import atomic_write_json
@@ -25,6 +33,15 @@ from .model import audio_token_count
 from .tokenizer import AUDIO_TOKEN, Tokenizer
 
 PREPROCESSOR_CONFIG = "preprocessor_config.json"
+LONG_AUDIO_MODES = ("truncate", "window", "error")
+# Where to cut audio longer than 30 s: the quietest stretch in the last PAUSE_SEARCH_S seconds before each 30 s limit,
+# if it is quiet enough to be a pause (smoothed energy at most QUIET_RATIO x the clip's median); else at the limit.
+PAUSE_SEARCH_S = 5.0
+ENERGY_HOP = HOP_LENGTH  # energy frames of 10 ms
+ENERGY_SMOOTHING = 20  # frames averaged (200 ms): a pause, not a gap between two samples
+QUIET_RATIO = 0.1  # -20 dB (in amplitude) below the clip's median frame energy
+
+logger = logging.getLogger("qwen2audio")
 
 
 class ModelInputs(dict):
@@ -75,19 +92,23 @@ class Processor:
 
     # -- inputs -------------------------------------------------------------------------------------------------------
     def __call__(self, text: str | Sequence[str], audio=None, sampling_rate: int | None = None,
-                 padding_side: str | None = None, truncate_audio: bool = True,
+                 padding_side: str | None = None, truncate_audio: bool = True, long_audio: str | None = None,
                  device: torch.device | str | None = None, **unused) -> ModelInputs:
         """text: one prompt or a batch; audio: one waveform/path/bytes or a list, one per `<|AUDIO|>` in order.
 
         sampling_rate: the rate of waveform arrays (files carry their own); they are resampled to 16 kHz.
-        Audio over 30 s is cut to 30 s, as transformers does, with a warning; `truncate_audio=False` raises
-        instead (split long audio into windows first; the inference engine does that for you).
+        long_audio: what to do with audio over 30 s: "truncate" (the default, as transformers: cut to 30 s with a
+        warning), "window" (keep all of it as consecutive windows of at most 30 s, see the module docstring) or
+        "error". `truncate_audio=False` is the older spelling of "error".
         """
         if unused.pop("return_tensors", "pt") != "pt":
             raise ValueError("Processor returns PyTorch tensors only (return_tensors='pt')")
         unused.pop("padding", None)  # always pads to the longest, as transformers' padding=True
         if unused:
             raise TypeError(f"unexpected arguments: {', '.join(unused)}")
+        mode = long_audio or ("truncate" if truncate_audio else "error")
+        if mode not in LONG_AUDIO_MODES:
+            raise ValueError(f"long_audio must be one of {', '.join(LONG_AUDIO_MODES)}, not {mode!r}")
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ValueError("text must be a string or a non-empty list of strings")
@@ -101,16 +122,23 @@ class Processor:
         if audios:
             waves = [load_audio(a, sampling_rate) for a in audios]
             long = [i for i, w in enumerate(waves) if len(w) > N_SAMPLES]
-            if long and not truncate_audio:
+            if long and mode == "error":
                 raise ValueError(f"audio {long} is longer than {CHUNK_LENGTH} s; split it into windows of at most "
-                                 f"{CHUNK_LENGTH} s or pass truncate_audio=True")
-            if long:
+                                 f"{CHUNK_LENGTH} s (long_audio='window') or pass truncate_audio=True")
+            if long and mode == "truncate":
                 warnings.warn(f"audio {long} is longer than {CHUNK_LENGTH} s and was cut to {CHUNK_LENGTH} s, as "
-                              "transformers does; use the inference engine's long-audio path to keep all of it",
+                              "transformers does; pass long_audio='window' (model.chat does) to keep all of it",
                               stacklevel=2)
-            features, frame_mask = log_mel_spectrogram([w[:N_SAMPLES] for w in waves], n_mels=self.n_mels,
-                                                       device=device)
-            counts = iter(audio_token_count(frame_mask.sum(-1)).tolist())
+            windows = [split_long_audio(w) if mode == "window" else [AudioWindow(0, min(len(w), N_SAMPLES))]
+                       for w in waves]
+            for i in long if mode == "window" else []:
+                logger.info("audio %d (%.1f s) is longer than %d s: given to the model as %d windows in order "
+                            "(%s)", i + 1, len(waves[i]) / SAMPLE_RATE, CHUNK_LENGTH, len(windows[i]),
+                            describe_windows(windows[i]))
+            rows = [w[win.start:win.end] for w, ws in zip(waves, windows) for win in ws]
+            features, frame_mask = log_mel_spectrogram(rows, n_mels=self.n_mels, device=device)
+            row_counts = iter(audio_token_count(frame_mask.sum(-1)).tolist())
+            counts = iter([sum(next(row_counts) for _ in ws) for ws in windows])  # one sum per audio
             texts = [_expand_audio_tokens(t, counts) for t in texts]
             out["input_features"], out["feature_attention_mask"] = features, frame_mask.long()
         ids, mask = self.pad([self.tokenizer.encode(t) for t in texts], padding_side or self.padding_side)
@@ -145,6 +173,61 @@ class Processor:
             "nb_max_frames": N_SAMPLES // HOP_LENGTH, "padding_side": "right", "padding_value": 0.0,
             "return_attention_mask": True, "dither": 0.0,
         }
+
+
+@dataclass(frozen=True)
+class AudioWindow:
+    """Samples [start, end) of a 16 kHz waveform; `at_pause`: the window ends at a pause (else at the 30 s limit or
+    at the end of the audio)."""
+
+    start: int
+    end: int
+    at_pause: bool = False
+
+    @property
+    def seconds(self) -> tuple[float, float]:
+        return self.start / SAMPLE_RATE, self.end / SAMPLE_RATE
+
+
+def split_long_audio(wave: np.ndarray, max_samples: int = N_SAMPLES,
+                     search_samples: int = int(PAUSE_SEARCH_S * SAMPLE_RATE)) -> list[AudioWindow]:
+    """Consecutive windows of at most `max_samples` covering `wave` [n] (16 kHz) without gaps or overlap.
+
+    Each cut goes in the middle of the quietest stretch (200 ms smoothed energy) of the last `search_samples` before
+    the limit when that stretch is a pause (at most QUIET_RATIO x the clip's median energy); else at the limit.
+    """
+    n = len(wave)
+    if n <= max_samples:
+        return [AudioWindow(0, n)]
+    frames = -(-n // ENERGY_HOP)
+    power = np.zeros(frames * ENERGY_HOP, dtype=np.float64)
+    power[:n] = np.square(wave, dtype=np.float64)
+    energy = np.sqrt(power.reshape(frames, ENERGY_HOP).mean(-1))  # RMS per 10 ms
+    smooth = np.convolve(energy, np.ones(ENERGY_SMOOTHING) / ENERGY_SMOOTHING, mode="same")
+    quiet_level = QUIET_RATIO * np.median(smooth)
+    windows, start = [], 0
+    while n - start > max_samples:
+        limit = start + max_samples
+        lo, hi = max(start, limit - search_samples) // ENERGY_HOP + 1, limit // ENERGY_HOP  # frames inside
+        zone = smooth[lo:hi]
+        if zone.size and zone.min() <= quiet_level:
+            quietest = np.flatnonzero(zone <= zone.min() + 1e-3 * quiet_level)
+            breaks = np.flatnonzero(np.diff(quietest) > 1)
+            run_start = quietest[breaks[-1] + 1] if breaks.size else quietest[0]  # the last quietest run: its middle
+            cut = (lo + (int(run_start) + int(quietest[-1])) // 2) * ENERGY_HOP + ENERGY_HOP // 2
+            windows.append(AudioWindow(start, cut, at_pause=True))
+        else:
+            cut = limit
+            windows.append(AudioWindow(start, cut))
+        start = cut
+    windows.append(AudioWindow(start, n))
+    return windows
+
+
+def describe_windows(windows: Sequence[AudioWindow]) -> str:
+    """'0.0-28.3 s (pause), 28.3-57.9 s (pause), 57.9-61.0 s' for logs and messages."""
+    return ", ".join(f"{w.seconds[0]:.1f}-{w.seconds[1]:.1f} s" + (" (pause)" if w.at_pause else "")
+                     for w in windows)
 
 
 def audios_in_conversation(conversation: Sequence[Mapping[str, Any]]) -> list[Any]:

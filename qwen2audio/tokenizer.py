@@ -93,19 +93,41 @@ DEFAULT_CHAT_TEMPLATE = (
 GENERATION_PROMPT = f"{IM_START}assistant\n"
 
 # The base (pre-trained) model takes no template: AUDIO_PLACEHOLDER + one of these task prompts (official eval).
+# {language_tag}: " <|en|>" for a given source language, "" to let the model name it. "translate" follows the ASR
+# prompt's pattern, as users of the base model write it (the official CoVoST2 prompts sit in a manifest not at hand).
 BASE_TASK_PROMPTS: dict[str, str] = {
-    "asr": "Detect the language and recognize the speech: <|{language}|>",
+    "asr": "Detect the language and recognize the speech:{language_tag}",
+    "translate": "Detect the language and translate the speech into {target}:{language_tag}",
     "caption": "Generate the caption in English:",
     "emotion": "Recognize the emotion with keywords in English:",
     "vocal_sound": "Classify the human vocal sound to VocalSound in English:",
 }
+# The same tasks asked of an Instruct model in a chat turn (after the audio).
+CHAT_TASK_PROMPTS: dict[str, str] = {
+    "asr": "Transcribe the speech{in_language} word for word. Reply with the transcript only.",
+    "translate": "Translate the speech into {target}. Reply with the translation only.",
+}
+# Names of the report's languages (and a few more) for prompts; other codes are used as they are.
+LANGUAGE_NAMES = {"en": "English", "zh": "Chinese", "yue": "Cantonese", "fr": "French", "de": "German",
+                  "es": "Spanish", "it": "Italian", "ja": "Japanese", "ko": "Korean", "ru": "Russian",
+                  "pt": "Portuguese", "nl": "Dutch", "ar": "Arabic"}
 
 
-def base_prompt(task: str, language: str = "en") -> str:
-    """The base model's prompt for one audio, e.g. `base_prompt("asr")` ends in "...speech: <|en|>"."""
+def base_prompt(task: str, language: str | None = "en", target: str = "en") -> str:
+    """The base model's prompt for one audio, e.g. `base_prompt("asr")` ends in "...speech: <|en|>";
+    language=None leaves the language tag to the model; target: the translation's language."""
     if task not in BASE_TASK_PROMPTS:
         raise ValueError(f"unknown base task {task!r}; available: {', '.join(BASE_TASK_PROMPTS)}")
-    return AUDIO_PLACEHOLDER + BASE_TASK_PROMPTS[task].format(language=language)
+    return AUDIO_PLACEHOLDER + BASE_TASK_PROMPTS[task].format(
+        language_tag=f" <|{language}|>" if language else "", target=LANGUAGE_NAMES.get(target, target))
+
+
+def chat_task_prompt(task: str, language: str | None = None, target: str = "en") -> str:
+    """The text of a chat turn asking an Instruct model for `task` on the audio before it."""
+    if task not in CHAT_TASK_PROMPTS:
+        raise ValueError(f"unknown chat task {task!r}; available: {', '.join(CHAT_TASK_PROMPTS)}")
+    in_language = f" (in {LANGUAGE_NAMES.get(language, language)})" if language else ""
+    return CHAT_TASK_PROMPTS[task].format(in_language=in_language, target=LANGUAGE_NAMES.get(target, target))
 
 
 class Tokenizer:

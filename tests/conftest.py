@@ -75,3 +75,39 @@ def make_batch(n_mels: int, seconds=(0.8, 23.0), texts=((872, 198), (100, 200, 3
 @pytest.fixture(params=sorted(TINY_HF_CONFIGS))
 def hf_name(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """A saved "tiny-random" Qwen2-Audio (our own class, no transformers) for the inference tests. Its weights are
+    drawn so that greedy decoding wanders over the vocabulary (Chinese, emoji pieces ...) instead of repeating one
+    token, with logits spread wide enough that float noise cannot flip a greedy choice."""
+    from qwen2audio import Qwen2AudioConfig, Qwen2AudioForConditionalGeneration
+
+    torch.manual_seed(0)
+    model = Qwen2AudioForConditionalGeneration(Qwen2AudioConfig.from_name("tiny-random"))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            is_norm_scale = "norm" in name and name.endswith("weight")
+            p.normal_(1.0 if is_norm_scale else 0.0, 0.2 if p.ndim > 1 else 0.1)
+    directory = tmp_path_factory.mktemp("tiny-random")
+    model.save_pretrained(directory)
+    return directory
+
+
+def clip_with_pauses(seconds: float = 95.0, seed: int = 0):
+    """Tone bursts of 3-8 s (each at its own pitch, with a little noise) separated by near-silent pauses of
+    0.6-1.2 s: a stand-in for speech with pauses. Returns the 16 kHz waveform and the pauses as (start, end) s."""
+    import numpy as np
+
+    sr, rng = 16000, np.random.default_rng(seed)
+    parts, pauses, t = [], [], 0.0
+    while t < seconds:
+        burst, freq = rng.uniform(3.0, 8.0), rng.uniform(200.0, 900.0)
+        n = int(burst * sr)
+        parts.append(0.3 * np.sin(2 * np.pi * freq * np.arange(n) / sr) + 0.01 * rng.standard_normal(n))
+        pause = rng.uniform(0.6, 1.2)
+        parts.append(1e-4 * rng.standard_normal(int(pause * sr)))
+        pauses.append((t + n / sr, t + n / sr + int(pause * sr) / sr))
+        t += n / sr + int(pause * sr) / sr
+    return np.concatenate(parts)[: int(seconds * sr)].astype(np.float32), pauses

@@ -377,7 +377,9 @@ def test_base_prompts(tok):
     assert base_prompt("caption") == AUDIO_PLACEHOLDER + "Generate the caption in English:"
     assert base_prompt("emotion").endswith("Recognize the emotion with keywords in English:")
     assert base_prompt("vocal_sound").endswith("Classify the human vocal sound to VocalSound in English:")
-    assert set(BASE_TASK_PROMPTS) == {"asr", "caption", "emotion", "vocal_sound"}
+    assert set(BASE_TASK_PROMPTS) == {"asr", "translate", "caption", "emotion", "vocal_sound"}
+    assert base_prompt("asr", language=None).endswith("recognize the speech:")
+    assert base_prompt("translate", "de", target="en").endswith("translate the speech into English: <|de|>")
     assert tok.encode(base_prompt("caption"))[:3] == [151647, 151646, 151648]
     with pytest.raises(ValueError, match="available"):
-        base_prompt("translate")
+        base_prompt("summarise")

@@ -57,7 +57,7 @@ class Attention(nn.Module):
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if self.kv_cache is not None:
+        if cache_positions is not None:  # inference: keys/values go to their slots, attention reads the whole cache
             k, v = self.kv_cache.update(cache_positions, k, v)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
                                              enable_gqa=self.n_heads != self.n_kv_heads)
@@ -110,11 +110,9 @@ class Qwen2(nn.Module):
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.lm_head = None if config.tie_embeddings else nn.Linear(config.dim, config.vocab_size, bias=False)
 
-    def output_weight(self) -> torch.Tensor:
-        return self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
-
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.output_weight())
+        """The output head; with tied embeddings it reads the embedding matrix."""
+        return F.linear(hidden, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(hidden)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache_positions=None):
         """x [B, T, dim] input embeddings, positions [B, T] RoPE positions, mask [B, 1, T, S] -> hidden [B, T, dim]."""

@@ -1,0 +1,238 @@
+"""Autoregressive generation: prefill once, then one token per step from a static KV cache (gpt-fast layout).
+
+    config = GenerationConfig(max_new_tokens=64)
+    sequences = Generator(model).generate(inputs, config)          # [B, prompt + new], like transformers
+    for step in Generator(model).stream(inputs, config): ...       # new token ids [B] per step
+
+The decode step has fixed shapes (cache slots, masks and positions are tensors), so it compiles once with
+`torch.compile` and replays as a CUDA graph on GPUs. No I/O here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .model import Qwen2Audio
+from .model.kv_cache import clear_caches, setup_caches
+from .model.qwen2 import Qwen2
+
+CACHE_BUCKET = 256  # cache lengths are rounded up to this, so that the compiled step is reused across calls
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Decoding options, with transformers' names and meaning; checked once in `__post_init__`."""
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = no top-k filter
+    repetition_penalty: float = 1.0
+    eos_token_id: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self):
+        if isinstance(self.eos_token_id, int):
+            object.__setattr__(self, "eos_token_id", (self.eos_token_id,))
+        object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id or ()))
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.do_sample and self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {self.temperature} (use do_sample=False "
+                             "for greedy decoding)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if self.repetition_penalty <= 0:
+            raise ValueError(f"repetition_penalty must be > 0, got {self.repetition_penalty}")
+
+    @classmethod
+    def from_kwargs(cls, defaults: Mapping | None = None, **kwargs) -> "GenerationConfig":
+        """Our fields from a generation_config.json-style dict, overridden by keyword arguments; unknown keys are
+        ignored when they come from the file and rejected when given as arguments."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(kwargs) - names
+        if unknown:
+            raise TypeError(f"unknown generation arguments: {', '.join(sorted(unknown))}")
+        values = {k: v for k, v in (defaults or {}).items() if k in names and v is not None}
+        values.update({k: v for k, v in kwargs.items() if v is not None})
+        return cls(**values)
+
+
+# -- the three small pieces: prefill, decode step, sampling -----------------------------------------------------------
+
+def attention_mask_for(valid: torch.Tensor, query_slots: torch.Tensor) -> torch.Tensor:
+    """valid [B, S] (which cache slots hold real tokens), query_slots [T] -> [B, 1, T, S] bool: causal over slots,
+    padding hidden, and every query sees its own slot (a padded query row must not be empty: NaN)."""
+    slots = torch.arange(valid.shape[1], device=valid.device)
+    causal = slots[None, :] <= query_slots[:, None]  # [T, S]
+    own = slots[None, :] == query_slots[:, None]
+    return ((causal[None] & valid[:, None, :]) | own[None])[:, None]
+
+
+def decode_step(decoder: Qwen2, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
+                valid: torch.Tensor) -> torch.Tensor:
+    """tokens, positions [B, 1], slot [1] (the cache slot being written), valid [B, S] -> logits [B, vocab] (fp32)."""
+    x = decoder.embed_tokens(tokens)
+    hidden = decoder(x, positions, attention_mask_for(valid, slot), cache_positions=slot)
+    return decoder.logits(hidden[:, -1]).float()
+
+
+def sample(logits: torch.Tensor, config: GenerationConfig, seen: torch.Tensor | None,
+           generator: torch.Generator | None) -> torch.Tensor:
+    """logits [B, V] -> next tokens [B]. Order as transformers: repetition penalty, then temperature, top-k, top-p."""
+    if config.repetition_penalty != 1.0 and seen is not None:
+        p = config.repetition_penalty
+        penalised = torch.where(logits < 0, logits * p, logits / p)
+        logits = torch.where(seen, penalised, logits)
+    if not config.do_sample:
+        return logits.argmax(-1)
+    logits = logits / config.temperature
+    if config.top_k:
+        kth = logits.topk(min(config.top_k, logits.shape[-1])).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if config.top_p < 1.0:
+        sorted_logits, order = logits.sort(descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= config.top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(torch.zeros_like(drop).scatter(-1, order, drop), float("-inf"))
+    # argmax(p / E) with E ~ Exp(1) draws from p (gpt-fast): no host sync, and far cheaper than torch.multinomial
+    # over a 150k vocabulary
+    noise = torch.empty_like(logits).exponential_(1, generator=generator)
+    return (logits.softmax(-1) / noise).argmax(-1)
+
+
+# -- the engine -------------------------------------------------------------------------------------------------------
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    compiled: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+class Generator:
+    """Generation for one model: owns the KV caches (reused while big enough) and the compiled decode step.
+
+    compile: None = on where it pays (CUDA, or CPU decode through the memory-bound kernels of `use_decode_kernels`),
+    True/False to force.
+    """
+
+    def __init__(self, model: Qwen2Audio, compile: bool | None = None):
+        self.model = model
+        self.compile = _compile_pays(model) if compile is None else compile
+        self._cache_shape: tuple[int, int] | None = None
+        self._step = decode_step
+        self._streaming = False
+        self.stats = GenerationStats()
+
+    def _ensure_caches(self, batch_size: int, needed_len: int) -> int:
+        max_len = -(-needed_len // CACHE_BUCKET) * CACHE_BUCKET
+        if self._cache_shape is None or self._cache_shape[0] != batch_size or self._cache_shape[1] < needed_len:
+            setup_caches(self.model.decoder, batch_size, max_len)
+            self._cache_shape = (batch_size, max_len)
+            if self.compile:
+                mode = "reduce-overhead" if self.model.device.type == "cuda" else None
+                self._step = torch.compile(decode_step, fullgraph=True, dynamic=False, mode=mode)
+        return self._cache_shape[1]
+
+    def release(self) -> None:
+        """Free the KV caches."""
+        clear_caches(self.model.decoder)
+        self._cache_shape = None
+
+    @torch.inference_mode()
+    def stream(self, inputs: Mapping[str, torch.Tensor], config: GenerationConfig) -> Iterator[torch.Tensor]:
+        """Yield the new token of every row [B] at each step until all rows end (eos) or max_new_tokens.
+
+        Rows that already ended yield `config.pad_token_id` (or their eos). Prefill encodes the audio's valid
+        frames only and computes logits for the last position only.
+        """
+        if self._streaming:
+            raise RuntimeError("a generation stream of this model is still open: finish or close it first (the "
+                               "KV cache is shared), or use another Generator")
+        model = self.model
+        device = model.device
+        input_ids = inputs["input_ids"].to(device)
+        B, T = input_ids.shape
+        limit = model.config.text.max_positions
+        if T + config.max_new_tokens > limit:
+            raise ValueError(f"a prompt of {T} tokens plus max_new_tokens={config.max_new_tokens} exceeds the model's "
+                             f"{limit} positions: shorten the prompt or the audio, or ask for fewer tokens")
+        attention_mask = inputs.get("attention_mask")
+        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+        S = self._ensure_caches(B, T + config.max_new_tokens)
+        stats = self.stats = GenerationStats(prompt_tokens=int(attention_mask.sum()), compiled=self.compile)
+
+        t0 = time.perf_counter()
+        valid = torch.zeros(B, S, dtype=torch.bool, device=device)
+        valid[:, :T] = attention_mask.bool()
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        x = model.embed(input_ids, inputs.get("input_features"), inputs.get("feature_attention_mask"))
+        slots = torch.arange(T, device=device)
+        hidden = model.decoder(x, positions, attention_mask_for(valid, slots), cache_positions=slots)
+        logits = model.decoder.logits(hidden[:, -1]).float()
+
+        generator = None
+        if config.do_sample:
+            generator = torch.Generator(device=device)
+            generator.manual_seed(config.seed if config.seed is not None else torch.seed())
+        seen = None
+        if config.repetition_penalty != 1.0:
+            counts = torch.zeros(B, logits.shape[-1], dtype=torch.long, device=device)
+            seen = counts.scatter_add_(1, input_ids, attention_mask.long()) > 0  # prompt tokens, padding excluded
+        eos = torch.tensor(config.eos_token_id or [-1], device=device)
+        pad = config.pad_token_id if config.pad_token_id is not None else (config.eos_token_id or (0,))[0]
+        finished = torch.zeros(B, dtype=torch.bool, device=device)
+        next_position = positions[:, -1:] + 1
+        stats.prefill_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        self._streaming = True
+        try:
+            for step in range(config.max_new_tokens):
+                token = sample(logits, config, seen, generator)
+                token = torch.where(finished, torch.full_like(token, pad), token)
+                finished |= torch.isin(token, eos)
+                stats.new_tokens += 1
+                yield token
+                if step == config.max_new_tokens - 1 or bool(finished.all()):
+                    break
+                if seen is not None:
+                    seen.scatter_(1, token[:, None], True)
+                slot = torch.tensor([T + step], device=device)
+                valid[:, T + step] = True
+                logits = self._step(model.decoder, token[:, None], next_position, slot, valid)
+                next_position = next_position + 1
+        finally:  # also when the consumer stops early (a stop string, a closed connection)
+            self._streaming = False
+            stats.decode_s = time.perf_counter() - t0
+
+    def generate(self, inputs: Mapping[str, torch.Tensor], config: GenerationConfig) -> torch.Tensor:
+        """The prompt followed by the new tokens [B, T + n], rows that ended early padded: transformers' output."""
+        new = list(self.stream(inputs, config))
+        input_ids = inputs["input_ids"].to(self.model.device)
+        if not new:
+            return input_ids
+        return torch.cat([input_ids, torch.stack(new, dim=1)], dim=1)
+
+
+def _compile_pays(model: Qwen2Audio) -> bool:
+    """Compiling the decode step pays on CUDA (CUDA graphs remove the launch overhead). On CPU it pays only with the
+    memory-bound decode kernels (`use_decode_kernels`): inductor then fuses each matrix-vector product into one pass
+    over the weights; with plain BLAS matmuls it changes little and costs a compile."""
+    if model.device.type == "cuda":
+        return True
+    return any(getattr(m, "decode_kernel", None) == "gemv" for m in model.decoder.modules())
