@@ -8,15 +8,21 @@
 
 from .api import Qwen2AudioForConditionalGeneration, load
 from .audio import AudioError, load_audio, log_mel_spectrogram
+from .chat import ChatReply
 from .checkpoint import CheckpointError
+from .generate import GenerationConfig, Generator
 from .model import Qwen2AudioConfig, audio_token_count
 from .processor import ModelInputs, Processor, audios_in_conversation
+from .quant import quantize, use_decode_kernels
+from .streaming import TextStream
 from .tokenizer import Tokenizer
+from .transcribe import Transcription
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AudioError", "CheckpointError", "ModelInputs", "Processor", "Qwen2AudioConfig",
-    "Qwen2AudioForConditionalGeneration", "Tokenizer", "audio_token_count", "audios_in_conversation", "load",
-    "load_audio", "log_mel_spectrogram",
+    "AudioError", "ChatReply", "CheckpointError", "GenerationConfig", "Generator", "ModelInputs", "Processor",
+    "Qwen2AudioConfig", "Qwen2AudioForConditionalGeneration", "TextStream", "Tokenizer", "Transcription",
+    "audio_token_count", "audios_in_conversation", "load", "load_audio", "log_mel_spectrogram", "quantize",
+    "use_decode_kernels",
 ]

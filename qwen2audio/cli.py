@@ -22,6 +22,7 @@ from .generate import Generator
 from .model import Qwen2Audio, Qwen2AudioConfig
 from .model.config import PRESETS
 from .quant import quantize
+from .train.cli import add_arguments as train_args, run as cmd_train
 from .transcribe import OUTPUT_FORMATS, STYLES, format_transcription
 
 
@@ -285,6 +286,7 @@ COMMANDS = {
     "run": (cmd_run, _run_args, "one turn: audio files and a prompt (none: voice chat); the answer is streamed"),
     "chat": (cmd_chat, _chat_args, "interactive chat: type text, attach audio with /audio FILE"),
     "transcribe": (cmd_transcribe, _transcribe_args, "speech to text for audio of any length (txt, json, srt)"),
+    "train": (cmd_train, train_args, "pre-train, fine-tune (LoRA or full) or DPO from a YAML recipe; torchrun-ready"),
 }
 
 

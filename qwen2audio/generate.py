@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from .model import Qwen2Audio
 from .model.kv_cache import clear_caches, setup_caches
 from .model.qwen2 import Qwen2
+from .quant import use_decode_kernels
 
 CACHE_BUCKET = 256  # cache lengths are rounded up to this, so that the compiled step is reused across calls
 
@@ -126,13 +127,17 @@ class GenerationStats:
 class Generator:
     """Generation for one model: owns the KV caches (reused while big enough) and the compiled decode step.
 
-    compile: None = on where it pays (CUDA, or CPU decode through the memory-bound kernels of `use_decode_kernels`),
-    True/False to force.
+    compile: None = where it pays: on CUDA (CUDA graphs), and on CPU for a quantised model or one with
+    `use_decode_kernels` (the fused kernels need inductor); a plain CPU model stays eager (BLAS), because compiling
+    costs tens of seconds once per process and pays only over long generations (a server, a batch job). True on CPU
+    installs the decode kernels and compiles; False never compiles.
     """
 
     def __init__(self, model: Qwen2Audio, compile: bool | None = None):
         self.model = model
         self.compile = _compile_pays(model) if compile is None else compile
+        if self.compile and model.device.type == "cpu" and not _compile_pays(model):
+            use_decode_kernels(model)  # on CPU, compiling pays through the fused matrix-vector kernels
         self._cache_shape: tuple[int, int] | None = None
         self._step = decode_step
         self._streaming = False

@@ -1,0 +1,140 @@
+"""What trains: the model loaded and prepared (frozen parts, LoRA, precision, gradient checkpointing), and the
+module that the loop runs, shards and differentiates.
+
+`TokenLogProbs` turns a batch into the log-probability of every supervised label token. Only the positions that
+carry a label go through the LM head, so the [tokens, vocab] logits of the prompt (and of the audio frames) are
+never materialised: with a 156k vocabulary that is most of the activation memory of a long prompt.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..api import Qwen2AudioForConditionalGeneration
+from ..model import IGNORE_INDEX, Qwen2Audio, Qwen2AudioConfig
+from ..model.qwen2 import causal_padding_mask
+from ..processor import Processor
+from .config import ModelConfig, PARTS
+from .lora import apply_lora
+
+INIT_STD = 0.02  # normal init of a preset's weights (smoke runs only; real runs start from a checkpoint)
+
+
+class TokenLogProbs(nn.Module):
+    """batch -> log p(label) at each supervised position [R, T-1] (0 elsewhere): the one forward of every stage."""
+
+    def __init__(self, model: Qwen2Audio):
+        super().__init__()
+        self.model = model
+        self.keep_encoder_in_graph = False  # distributed runs: run the encoder even without audio (see forward)
+
+    def forward(self, input_ids, attention_mask, labels, input_features=None, feature_attention_mask=None,
+                audio_repeat: int = 1) -> torch.Tensor:
+        m = self.model
+        embeds = m.decoder.embed_tokens(input_ids)  # [R, T, dim]
+        if input_features is not None:
+            audio = m.encode_audio(input_features, feature_attention_mask).repeat(audio_repeat, 1)
+            is_audio = (input_ids == m.config.audio_token_id)[..., None]
+            if audio.shape[0] != int(is_audio.sum()):
+                raise ValueError(f"the batch holds {int(is_audio.sum())} <|AUDIO|> tokens but its audio gives "
+                                 f"{audio.shape[0]} frames")
+            embeds = embeds.masked_scatter(is_audio, audio.to(embeds.dtype))
+        elif self.keep_encoder_in_graph:
+            # every process must run the same sharded modules, and DDP wants a gradient for every trainable
+            # weight: a batch without audio runs the encoder on three silent frames, at zero weight
+            n_mels = m.config.audio.n_mels
+            silent = torch.zeros(1, n_mels, 3, device=embeds.device, dtype=embeds.dtype)
+            embeds = embeds + 0.0 * m.encode_audio(silent, torch.ones(1, 3, device=embeds.device)).sum()
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # real tokens only: padding side is moot
+        hidden = m.decoder(embeds, positions, causal_padding_mask(attention_mask))
+        target = labels[:, 1:].masked_fill(attention_mask[:, 1:] == 0, IGNORE_INDEX)  # token t predicts t+1
+        selected = target != IGNORE_INDEX
+        logits = m.decoder.logits(hidden[:, :-1][selected]).float()  # [n_supervised, vocab]
+        logp = -F.cross_entropy(logits, target[selected], reduction="none")
+        return torch.zeros(target.shape, dtype=logp.dtype, device=logp.device).masked_scatter(selected, logp)
+
+
+@dataclass
+class Prepared:
+    model: Qwen2AudioForConditionalGeneration
+    processor: Processor
+    lora_layers: list[str]
+    reference: Qwen2Audio | None = None  # a frozen copy of the starting weights (DPO), when asked for
+
+
+def part_modules(model: Qwen2Audio) -> dict[str, nn.Module]:
+    return {"audio_encoder": model.audio_encoder, "projector": model.projector, "lm": model.decoder}
+
+
+def load_base(config: ModelConfig) -> tuple[Qwen2AudioForConditionalGeneration, Processor]:
+    """The starting weights on the CPU: a checkpoint (memory-mapped), or a preset initialised at random."""
+    dtype = torch.bfloat16 if config.precision == "bf16-true" else torch.float32
+    if config.path is not None:
+        model = Qwen2AudioForConditionalGeneration.from_pretrained(config.path, dtype=dtype)
+        return model, model.processor
+    model = Qwen2AudioForConditionalGeneration(Qwen2AudioConfig.from_name(config.preset))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, INIT_STD)
+    model.processor = Processor()
+    return model.to(dtype), model.processor
+
+
+def prepare(config: ModelConfig, seed: int, reference_copy: bool = False) -> Prepared:
+    """Load, freeze what does not train, add LoRA adapters (seeded: every process draws the same), keep trained
+    weights in fp32, and wrap layers for gradient checkpointing."""
+    model, processor = load_base(config)
+    model.requires_grad_(False)
+    reference = frozen_copy(model) if reference_copy else None
+    torch.manual_seed(seed)
+    lora_layers = []
+    for name, module in part_modules(model).items():
+        mode = getattr(config, name).mode
+        if mode == "full":
+            module.requires_grad_(True)
+        elif mode == "lora":
+            lora_layers += apply_lora(module, config.lora.targets, config.lora.rank, config.lora.alpha,
+                                      config.lora.dropout, prefix=f"{name}.")
+    model.audio_encoder.positional_embedding.requires_grad_(False)  # saved, never trained (Whisper)
+    for p in model.parameters():
+        if p.requires_grad:
+            p.data = p.data.float()
+    if config.gradient_checkpointing:
+        for layer in [*model.audio_encoder.layers, *model.decoder.layers]:
+            layer.forward = functools.partial(checkpoint, layer.forward, use_reentrant=False)
+    return Prepared(model.train(), processor, lora_layers, reference)
+
+
+def part_of(name: str) -> str:
+    """Which part a parameter name (of Qwen2Audio) belongs to."""
+    head = name.split(".", 1)[0]
+    return {"audio_encoder": "audio_encoder", "projector": "projector", "decoder": "lm"}[head]
+
+
+def trainable_counts(model: nn.Module) -> dict[str, int]:
+    """Trainable parameters per part, and in total."""
+    counts = dict.fromkeys(PARTS, 0)
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            counts[part_of(name)] += p.numel()
+    return {**counts, "total": sum(counts.values())}
+
+
+def frozen_copy(model: Qwen2Audio) -> Qwen2Audio:
+    """A frozen copy to serve as the DPO reference."""
+    ref = copy.deepcopy(model)
+    ref.requires_grad_(False)
+    return ref.eval()
+
+
+def has_only_adapters_trainable(model: nn.Module) -> bool:
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    return bool(trainable) and all(n.endswith((".lora_a", ".lora_b")) for n in trainable)
+

@@ -1,0 +1,372 @@
+"""Training data: manifest rows of every form -> supervised tokens, bad rows, mixing, bucketing, truncation.
+
+Also holds the helpers the training tests share: a hand-made 262-token byte-level tokenizer (the six Qwen2-Audio
+special tokens renumbered to 256..261, so nothing may hard-code their ids), a tiny checkpoint using it, and tones.
+"""
+
+import base64
+import re
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from tokenizers import AddedToken, pre_tokenizers
+
+from qwen2audio import Processor, Qwen2AudioForConditionalGeneration
+from qwen2audio.data import (BatchLoader, DataConfig, Encoder, ManifestReader, Mixture, Planner, RowError,
+                             SourceConfig, make_dataloader, parse_row)
+from qwen2audio.data.prompts import INSTRUCTIONS
+from qwen2audio.model import IGNORE_INDEX, AudioEncoderConfig, Qwen2AudioConfig, TextConfig, audio_token_count
+from qwen2audio.tokenizer import SPECIAL_TOKENS, Tokenizer, build_backend
+
+SR = 16000
+WORDS = ["low", "mid", "high", "top"]
+FREQS = [200, 400, 800, 1600]
+
+
+# -- shared helpers -------------------------------------------------------------------------------------------
+def tiny_tokenizer(directory: Path) -> Tokenizer:
+    directory.mkdir(parents=True, exist_ok=True)
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    (directory / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(alphabet)}))
+    (directory / "merges.txt").write_text("#version: 0.2\n")
+    added = {len(alphabet) + i: AddedToken(t, special=True, normalized=False) for i, t in enumerate(SPECIAL_TOKENS)}
+    Tokenizer(build_backend(directory / "vocab.json", directory / "merges.txt", added)).save_pretrained(directory)
+    return Tokenizer.from_pretrained(directory)
+
+
+def tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
+    """A 2-layer Qwen2-Audio with a 272-row vocabulary, saved in the hub layout with its tokenizer."""
+    tok = tiny_tokenizer(directory / "tokenizer")
+    config = Qwen2AudioConfig(
+        audio=AudioEncoderConfig(n_mels=128, dim=32, n_layers=1, n_heads=2, ffn_dim=64),
+        text=TextConfig(vocab_size=272, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, norm_eps=1e-6,
+                        rope_theta=10000.0, max_positions=2048, tie_embeddings=False),
+        audio_token_id=tok.audio_token_id)
+    torch.manual_seed(seed)
+    model = Qwen2AudioForConditionalGeneration(config)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.normal_(0, 0.02)
+        # embeddings and head at a trained model's scale, so that adapters inside the layers can move the logits
+        model.decoder.embed_tokens.weight.normal_(0, 0.3)
+        model.decoder.lm_head.weight.normal_(0, 0.3)
+        for name, p in model.named_parameters():
+            if "norm" in name and name.endswith("weight"):
+                p.fill_(1.0)
+    model.processor = Processor(tok)
+    model.save_pretrained(directory)
+    return directory
+
+
+def tone(seconds: float, freq: float, seed: int = 0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    noise = np.random.default_rng(seed).standard_normal(t.size)
+    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * noise).astype(np.float32)
+
+
+def write_tone(path: Path, seconds: float, freq: float, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    soundfile.write(path, tone(seconds, freq, seed), SR)
+    return path
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+def pitch_rows(directory: Path, n: int = 16, kind: str = "sft") -> list[dict]:
+    """Rows about tones of four pitches (audio under directory/audio, paths relative to the manifest)."""
+    rows = []
+    for i in range(n):
+        k = i % 4
+        write_tone(directory / "audio" / f"{i}.wav", 0.5 + 0.1 * (i % 5), FREQS[k], seed=i)
+        audio = f"audio/{i}.wav"
+        if kind == "task":
+            rows.append({"audio": audio, "task": "sound", "text": f"A {WORDS[k]} tone."})
+        elif kind == "dpo":
+            rows.append({"messages": [{"role": "user", "content": "<audio>What pitch is this?"},
+                                      {"role": "assistant", "content": f"It is {WORDS[k]}."}],
+                         "rejected_response": "I cannot tell.", "audios": [audio]})
+        else:
+            rows.append({"messages": [{"role": "user", "content": "<audio>What pitch is this?"},
+                                      {"role": "assistant", "content": f"It is {WORDS[k]}."}], "audios": [audio]})
+    return rows
+
+
+def supervised_spans(tokenizer: Tokenizer, labels: torch.Tensor) -> list[str]:
+    """The decoded runs of supervised label tokens of one row."""
+    spans, current = [], []
+    for token in labels.tolist() + [IGNORE_INDEX]:
+        if token == IGNORE_INDEX:
+            if current:
+                spans.append(tokenizer.decode(current))
+            current = []
+        else:
+            current.append(token)
+    return spans
+
+
+def load_batches(sources, encoder, batch_loader, batch_size=8, bucket_batches=1, **planner_options):
+    planner = Planner(sources, encoder, batch_size, bucket_batches, cycle=False, **planner_options)
+    return list(make_dataloader(planner, batch_loader, num_workers=0))
+
+
+@pytest.fixture(scope="module")
+def qwen_tokenizer():
+    return Tokenizer.from_pretrained()
+
+
+# -- labels -----------------------------------------------------------------------------------------------------
+def _wav_b64(seconds, freq):
+    buf = io.BytesIO()
+    soundfile.write(buf, tone(seconds, freq), SR, format="WAV")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def chat_manifest(tmp_path: Path) -> Path:
+    for i, (s, f) in enumerate([(0.6, 300), (1.3, 700), (0.9, 500), (2.1, 900)]):
+        write_tone(tmp_path / "clips" / f"{i}.wav", s, f, seed=i)
+    rows = [
+        # audio analysis, multi-turn, two audios (the second in a later user turn), a system prompt
+        {"messages": [{"role": "system", "content": "You are terse."},
+                      {"role": "user", "content": "<audio>What do you hear?"},
+                      {"role": "assistant", "content": "A steady hum."},
+                      {"role": "user", "content": "And here? <audio>"},
+                      {"role": "assistant", "content": "A higher tone, twice as loud."}],
+         "audios": ["clips/0.wav", "clips/1.wav"]},
+        # voice chat: audio only
+        {"messages": [{"role": "user", "content": "<audio>"}, {"role": "assistant", "content": "Hello to you too!"}],
+         "audios": ["clips/2.wav"]},
+        # ShareGPT roles, two audios in one turn
+        {"conversations": [{"from": "human", "value": "<audio><audio>Which is longer?"},
+                           {"from": "gpt", "value": "The second one."}],
+         "audios": ["clips/3.wav", "clips/0.wav"]},
+        # OpenAI-style parts with inline base64 audio
+        {"messages": [{"role": "user", "content": [
+            {"type": "input_audio", "input_audio": {"data": _wav_b64(0.4, 250), "format": "wav"}},
+            {"type": "text", "text": "Name it."}]},
+            {"role": "assistant", "content": "A low beep."}]},
+    ]
+    return write_jsonl(tmp_path / "chat.jsonl", rows)
+
+
+ANSWERS = [["A steady hum.<|im_end|>", "A higher tone, twice as loud.<|im_end|>"], ["Hello to you too!<|im_end|>"],
+           ["The second one.<|im_end|>"], ["A low beep.<|im_end|>"]]
+DURATIONS = [[0.6, 1.3], [0.9], [2.1, 0.6], [0.4]]
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_supervised_tokens_decode_to_exactly_the_assistant_answers(tmp_path, qwen_tokenizer, side):
+    manifest = chat_manifest(tmp_path)
+    loader = BatchLoader.from_tokenizer(qwen_tokenizer, padding_side=side)
+    (batch,) = load_batches([SourceConfig(str(manifest))], Encoder(qwen_tokenizer), loader)
+    assert batch.rows == [f"{manifest}:{i}" for i in range(1, 5)]
+    assert [supervised_spans(qwen_tokenizer, row) for row in batch.labels] == ANSWERS
+    # each <|AUDIO|> expanded to the encoder's frame count, audios in row order, padding on the chosen side
+    audio_tokens = (batch.input_ids == qwen_tokenizer.audio_token_id).sum(-1).tolist()
+    assert audio_tokens == [sum(int(audio_token_count(int(s * 100))) for s in d) for d in DURATIONS]
+    assert batch.feature_attention_mask.sum(-1).tolist() == [int(s * 100) for d in DURATIONS for s in d]
+    first_real = batch.attention_mask.argmax(-1) if side == "left" else torch.zeros(4, dtype=torch.long)
+    assert (batch.input_ids[torch.arange(4), first_real] == qwen_tokenizer.im_start_id).all()
+    # the supervised tokens are the ones the model would generate after the prompt (not the newline after eos)
+    text = qwen_tokenizer.decode(batch.input_ids[1][batch.attention_mask[1].bool()].tolist())
+    assert text.endswith("<|im_start|>assistant\nHello to you too!<|im_end|>\n")
+    assert "Audio 1: <|audio_bos|><|AUDIO|>" in text
+
+
+def test_left_and_right_padding_give_the_same_loss(tmp_path):
+    from qwen2audio.train.model import TokenLogProbs
+
+    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    model = Qwen2AudioForConditionalGeneration.from_pretrained(ckpt)
+    manifest = chat_manifest(tmp_path)
+    logps = []
+    for side in ("left", "right"):
+        loader = BatchLoader.from_tokenizer(model.processor.tokenizer, padding_side=side)
+        (batch,) = load_batches([SourceConfig(str(manifest))], Encoder(model.processor.tokenizer), loader)
+        with torch.no_grad():
+            out = TokenLogProbs(model)(batch.input_ids, batch.attention_mask, batch.labels, batch.input_features,
+                                       batch.feature_attention_mask)
+        logps.append(out.sum(-1))
+    torch.testing.assert_close(logps[0], logps[1], atol=1e-5, rtol=0)
+
+
+def test_task_rows_draw_a_seeded_instruction_and_supervise_only_the_answer(tmp_path, qwen_tokenizer):
+    write_tone(tmp_path / "a.wav", 0.5, 300)
+    rows = [{"audio": "a.wav", "task": "asr", "text": "hello world", "language": "en"},
+            {"audio": "a.wav", "task": "speech_translation", "text": "bonjour", "language": "en",
+             "target_language": "fr"},
+            {"audio": "a.wav", "task": "lid", "language": "de"},
+            {"audio": "a.wav", "task": "aqa", "question": "Is it loud?", "text": "No."},
+            {"audio": "a.wav", "task": "asr", "text": "fixed", "prompt": "Say it:"}]
+    manifest = write_jsonl(tmp_path / "tasks.jsonl", rows)
+    loader = BatchLoader.from_tokenizer(qwen_tokenizer)
+
+    def prompts_and_answers(seed, fmt="base"):
+        (batch,) = load_batches([SourceConfig(str(manifest))], Encoder(qwen_tokenizer, fmt, seed=seed), loader)
+        out = []
+        for ids, labels, mask in zip(batch.input_ids, batch.labels, batch.attention_mask):
+            text = qwen_tokenizer.decode(ids[mask.bool()].tolist())
+            out.append((text, supervised_spans(qwen_tokenizer, labels)))
+        return out
+
+    base = prompts_and_answers(0)
+    assert [a for _, a in base] == [["hello world<|endoftext|>"], ["bonjour<|endoftext|>"], ["German<|endoftext|>"],
+                                    ["No.<|endoftext|>"], ["fixed<|endoftext|>"]]
+    assert all(t.startswith("<|audio_bos|><|AUDIO|>") for t, _ in base)
+    instructions = [t.split("<|audio_eos|>")[1].rsplit(a[0].replace("<|endoftext|>", ""), 1)[0] for t, a in base]
+    pools = [INSTRUCTIONS["asr"], INSTRUCTIONS["s2tt"], INSTRUCTIONS["lid"], INSTRUCTIONS["aqa"]]
+    fills = dict(language="English", source_language="English", target_language="French", question="Is it loud?")
+    for instruction, pool in zip(instructions, pools):
+        assert instruction in [p.format(**fills) for p in pool]
+    assert instructions[4] == "Say it:"
+    assert prompts_and_answers(0) == base  # seeded: the same draws again
+    draws = {tuple(t for t, _ in prompts_and_answers(seed)) for seed in range(6)}
+    assert len(draws) > 1  # ... and other seeds draw other paraphrases
+    chat = prompts_and_answers(0, "chat")
+    assert chat[0][1] == ["hello world<|im_end|>"] and chat[0][0].startswith("<|im_start|>system\n")
+
+
+# -- bad rows ---------------------------------------------------------------------------------------------------
+def test_bad_rows_raise_naming_file_and_line_or_are_skipped_and_counted(tmp_path, qwen_tokenizer):
+    write_tone(tmp_path / "a.wav", 0.5, 300)
+    good = {"messages": [{"role": "user", "content": "<audio>Hi"}, {"role": "assistant", "content": "Yo."}],
+            "audios": ["a.wav"]}
+    bad_rows = [
+        ('{"messages": [', "invalid JSON"),
+        ({"messages": [{"role": "user", "content": "<audio><audio>x"}, {"role": "assistant", "content": "y"}],
+          "audios": ["a.wav"]}, "more <audio> tags"),
+        ({"messages": [{"role": "user", "content": "x"}], "audios": ["a.wav"]}, "0 <audio> tag(s) but 'audios' lists 1"),
+        ({"messages": [{"role": "robot", "content": "x"}]}, "role 'robot'"),
+        ({"foo": 1}, "no 'messages'"),
+        ({"messages": [{"role": "user", "content": "x"}]}, "no assistant turn"),
+    ]
+    encoder, loader = Encoder(qwen_tokenizer), BatchLoader.from_tokenizer(qwen_tokenizer)
+    for bad, message in bad_rows:
+        manifest = write_jsonl(tmp_path / "m.jsonl", [good, good, bad, good])
+        with pytest.raises(RowError, match=rf"^{manifest}:3: .*{re.escape(message)}") as e:
+            load_batches([SourceConfig(str(manifest))], encoder, loader)
+        assert e.value.where == f"{manifest}:3"
+    # audio that does not exist fails where it is decoded (in a worker), still naming the row
+    missing = dict(good, audios=["nowhere.wav"])
+    manifest = write_jsonl(tmp_path / "m.jsonl", [good, missing])
+    with pytest.raises(RowError, match=rf"{manifest}:2: audio: audio file '.*nowhere.wav' not found"):
+        list(make_dataloader(Planner([SourceConfig(str(manifest))], encoder, 2, cycle=False),
+                             loader, num_workers=1))
+    # skip and count
+    rows = [good, bad_rows[0][0], good, bad_rows[1][0], missing, good]
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    with pytest.warns(UserWarning, match="skipped"):
+        batches = load_batches([SourceConfig(str(manifest))], encoder,
+                               BatchLoader.from_tokenizer(qwen_tokenizer, on_bad_row="skip"), on_bad_row="skip")
+    assert [b.n_samples for b in batches] == [3]
+    assert batches[0].stats == {"skipped_rows": 2, "skipped_audio": 1}
+    array = tmp_path / "array.jsonl"
+    array.write_text(json.dumps([good]))
+    with pytest.raises(ValueError, match="a JSON array, not JSON Lines"):
+        load_batches([SourceConfig(str(array))], encoder, loader)
+
+
+def test_row_forms_parse_the_same(tmp_path):
+    swift = {"messages": [{"role": "user", "content": "<audio>Q"}, {"role": "assistant", "content": "A"}],
+             "rejected_response": "B", "audios": ["x.wav"]}
+    factory = {"conversations": [{"from": "human", "value": "<audio>Q"}], "chosen": {"from": "gpt", "value": "A"},
+               "rejected": {"from": "gpt", "value": "B"}, "audios": ["x.wav"]}
+    trl = {"prompt": [{"role": "user", "content": [{"type": "audio", "audio": "x.wav"}, {"type": "text", "text": "Q"}]}],
+           "chosen": [{"role": "assistant", "content": "A"}], "rejected": "B"}
+    parsed = [parse_row(r, tmp_path) for r in (swift, factory, trl)]
+    assert parsed[0] == parsed[1]
+    assert parsed[0].chosen == parsed[2].chosen == "A" and parsed[2].rejected == "B"
+    assert parsed[0].prompt[0]["content"][0] == {"type": "audio", "audio": str(tmp_path / "x.wav")}
+    assert parsed[2].prompt[0]["content"][0]["audio"] == "x.wav"  # inline parts are taken as given
+
+
+# -- mixing, bucketing, resuming ----------------------------------------------------------------------------------
+def test_weighted_interleave_is_deterministic_and_resumes_mid_file(tmp_path):
+    a = write_jsonl(tmp_path / "a.jsonl", [{"i": f"a{i}"} for i in range(5)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"i": f"b{i}"} for i in range(3)])
+    sources = [SourceConfig(str(a), weight=2), SourceConfig(str(b), weight=1)]
+    mix = Mixture(sources, cycle=True)
+    got = [json.loads(next(mix).text)["i"] for _ in range(12)]
+    assert got == ["a0", "b0", "a1", "a2", "b1", "a3", "a4", "b2", "a0", "a1", "b0", "a2"]  # 2:1, cycling epochs
+    mix = Mixture(sources, cycle=True)
+    for _ in range(7):
+        next(mix)
+    resumed = Mixture(sources, cycle=True, state=mix.state())
+    assert [json.loads(next(resumed).text)["i"] for _ in range(5)] == got[7:]
+    reader = ManifestReader(SourceConfig(str(b)), 0, cycle=False)
+    assert [r.ref.line for r in reader] == [1, 2, 3]
+
+
+def test_planner_buckets_by_length_and_resumes_at_any_micro_batch(tmp_path, qwen_tokenizer):
+    rows = [{"messages": [{"role": "user", "content": "q" * (1 + 7 * i % 23)},
+                          {"role": "assistant", "content": "a" * (1 + 5 * i % 17)}]} for i in range(40)]
+    manifest = write_jsonl(tmp_path / "m.jsonl", rows)
+    planner = Planner([SourceConfig(str(manifest))], Encoder(qwen_tokenizer), batch_size=4, bucket_batches=4, seed=3)
+    plans = [p for _, p in zip(range(20), planner)]
+    assert [p.index for p in plans] == list(range(20))
+    spread = lambda p: max(map(len, p.samples)) - min(map(len, p.samples))  # noqa: E731
+    unbucketed = Planner([SourceConfig(str(manifest))], Encoder(qwen_tokenizer), batch_size=4, bucket_batches=1)
+    assert sum(map(spread, plans[:8])) < sum(spread(p) for _, p in zip(range(8), unbucketed))
+    for at in (5, 8, 13):
+        resumed = Planner([SourceConfig(str(manifest))], Encoder(qwen_tokenizer), batch_size=4, bucket_batches=4,
+                          seed=3, start=planner.state_at(at))
+        again = [p for _, p in zip(range(20 - at), resumed)]
+        assert [[s.ids for s in p.samples] for p in again] == [[s.ids for s in p.samples] for p in plans[at:]]
+    # process 1 of 2 takes the odd micro-batches
+    second = Planner([SourceConfig(str(manifest))], Encoder(qwen_tokenizer), batch_size=4, bucket_batches=4, seed=3,
+                     rank=1, world_size=2)
+    assert [[s.ids for s in p.samples] for _, p in zip(range(5), second)] == \
+        [[s.ids for s in p.samples] for p in plans[1:10:2]]
+
+
+# -- lengths ------------------------------------------------------------------------------------------------------
+def test_truncation_never_cuts_inside_an_audio_span(tmp_path, qwen_tokenizer):
+    write_tone(tmp_path / "a.wav", 1.0, 300)  # 25 audio tokens
+    row = {"messages": [{"role": "user", "content": "Listen: <audio> and then <audio>"},
+                        {"role": "assistant", "content": "Two tones, the same."}], "audios": ["a.wav", "a.wav"]}
+    manifest = write_jsonl(tmp_path / "m.jsonl", [row])
+    (full,) = load_batches([SourceConfig(str(manifest))], Encoder(qwen_tokenizer),
+                           BatchLoader.from_tokenizer(qwen_tokenizer))
+    ids = full.input_ids[0].tolist()
+    second_bos = [i for i, t in enumerate(ids) if t == qwen_tokenizer.audio_bos_id][1]
+    for limit in (second_bos + 3, second_bos + 20):  # both inside the second audio span
+        loader = BatchLoader.from_tokenizer(qwen_tokenizer, max_length=limit, truncation="right")
+        (batch,) = load_batches([SourceConfig(str(manifest))], Encoder(qwen_tokenizer), loader)
+        assert batch.n_samples == 0 and batch.stats == {"dropped_too_long": 1}  # the answer would be gone
+    # an answer that runs past max_length is shortened, keeping every audio whole
+    long_answer = dict(row, messages=[row["messages"][0], {"role": "assistant", "content": "word " * 50}])
+    manifest = write_jsonl(tmp_path / "m.jsonl", [long_answer])
+    loader = BatchLoader.from_tokenizer(qwen_tokenizer, max_length=len(ids), truncation="right")
+    (batch,) = load_batches([SourceConfig(str(manifest))], Encoder(qwen_tokenizer), loader)
+    assert batch.input_ids.shape[1] == len(ids) and batch.stats == {"truncated": 1}
+    assert (batch.input_ids == qwen_tokenizer.audio_token_id).sum() == 50 and batch.input_features.shape[0] == 2
+    loader = BatchLoader.from_tokenizer(qwen_tokenizer, max_length=len(ids))  # default: drop
+    (batch,) = load_batches([SourceConfig(str(manifest))], Encoder(qwen_tokenizer), loader)
+    assert batch.n_samples == 0 and batch.stats == {"dropped_too_long": 1}
+
+
+def test_long_audio_is_dropped_or_cut_and_counted(tmp_path, qwen_tokenizer):
+    write_tone(tmp_path / "long.wav", 31.0, 300)
+    row = {"messages": [{"role": "user", "content": "<audio>"}, {"role": "assistant", "content": "ok"}],
+           "audios": ["long.wav"]}
+    manifest = write_jsonl(tmp_path / "m.jsonl", [row])
+    (dropped,) = load_batches([SourceConfig(str(manifest))], Encoder(qwen_tokenizer),
+                              BatchLoader.from_tokenizer(qwen_tokenizer))
+    assert dropped.n_samples == 0 and dropped.stats == {"dropped_long_audio": 1}
+    (cut,) = load_batches([SourceConfig(str(manifest))], Encoder(qwen_tokenizer),
+                          BatchLoader.from_tokenizer(qwen_tokenizer, long_audio="truncate"))
+    assert cut.stats == {"truncated_long_audio": 1} and (cut.input_ids == qwen_tokenizer.audio_token_id).sum() == 750
+
+
+def test_data_config_checks_its_values():
+    with pytest.raises(ValueError, match="data.padding_side must be one of left, right"):
+        DataConfig(padding_side="middle")
+    with pytest.raises(ValueError, match="weight must be > 0"):
+        SourceConfig("x.jsonl", weight=0)
