@@ -51,10 +51,18 @@ def median_time(fn, repeats: int) -> float:
 
 
 def read_bandwidth(repeats: int = 7) -> float:
-    """Bytes/s of reading a 1 GiB tensor (a reduction: the access pattern of a decode step)."""
+    """Bytes/s of reading a 1 GiB tensor: the best of torch's sum and an inductor-compiled row reduction (the
+    access pattern of a decode step), so that the limit is what this machine can really stream."""
     x = torch.empty(2**28).normal_()
-    x.sum()
-    return x.numel() * 4 / median_time(lambda: x.sum(), repeats)
+    width = 896  # the LM's hidden size: rows as long as a decode step's (power-of-two widths read slower here)
+    v = torch.randn(width)
+    n = x.numel() // width * width
+    rows = torch.compile(lambda t, v: (t[:n].view(-1, width) * v).sum(-1))  # a matrix-vector product over 1 GiB
+    rates = []
+    for reduce in (lambda: x.sum(), lambda: rows(x, v)):
+        reduce()
+        rates.append(x.numel() * 4 / median_time(reduce, repeats))
+    return max(rates)
 
 
 def matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
