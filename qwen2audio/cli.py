@@ -17,6 +17,7 @@ from .build import build_args, cmd_build
 from .checkpoint import (DEFAULT_SHARD_SIZE, DTYPE_NAMES, LAYOUTS, CheckpointError, checkpoint_dtype,
                          checkpoint_files, read_config)
 from .chat import generation_options
+from .eval.cli import add_arguments as eval_args, run as cmd_eval
 from .files import atomic_write
 from .generate import Generator
 from .model import Qwen2Audio, Qwen2AudioConfig
@@ -287,6 +288,7 @@ COMMANDS = {
     "chat": (cmd_chat, _chat_args, "interactive chat: type text, attach audio with /audio FILE"),
     "transcribe": (cmd_transcribe, _transcribe_args, "speech to text for audio of any length (txt, json, srt)"),
     "train": (cmd_train, train_args, "pre-train, fine-tune (LoRA or full) or DPO from a YAML recipe; torchrun-ready"),
+    "eval": (cmd_eval, eval_args, "score a local model or an OpenAI-compatible API on the report's benchmarks"),
 }
 
 
