@@ -20,7 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 from tokenizers import decoders
 
-from .tokenizer import Tokenizer
+from .tokenizer import Tokenizer, byte_to_unicode
 
 FINISH_STOP = "stop"  # the model ended its turn (eos) or a stop string appeared, as OpenAI reports it
 FINISH_LENGTH = "length"  # max_new_tokens reached
@@ -28,16 +28,8 @@ FINISH_LENGTH = "length"  # max_new_tokens reached
 
 @functools.lru_cache(maxsize=1)
 def _byte_decoder() -> dict[str, int]:
-    """The byte-level BPE alphabet (GPT-2's `bytes_to_unicode`), inverted: token character -> byte."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return {c: b for b, c in chars.items()}
+    """The byte-level BPE alphabet inverted: token character -> byte."""
+    return {c: b for b, c in byte_to_unicode().items()}
 
 
 class TokenBytes:

@@ -59,6 +59,19 @@ CONFIG_KEYS_NOT_KEPT = (
     "model_specific_special_tokens",
 )  # fmt: skip
 
+def byte_to_unicode() -> dict[int, str]:
+    """GPT-2's printable stand-in for every byte: the alphabet in which vocab.json and merges.txt spell tokens."""
+    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return chars
+
+
 # -- prompts -----------------------------------------------------------------------------------------------------
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
 # The official Qwen2-Audio chat template, verbatim as transformers' `Qwen2AudioProcessor.default_chat_template`.

@@ -23,25 +23,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from qwen2audio.tokenizer import Tokenizer, build_backend, default_added_tokens  # noqa: E402
+from qwen2audio.tokenizer import Tokenizer, build_backend, byte_to_unicode, default_added_tokens  # noqa: E402
 
 DEFAULT_OUT = REPO / "qwen2audio" / "assets" / "tokenizer"
 N_RANKS = 151643  # Qwen2 / Qwen v1 ranks, ids 0..151642
 N_BYTES = 256  # the single-byte tokens have no merge
 N_MERGES = N_RANKS - N_BYTES  # 151387
-
-
-def byte_to_unicode() -> dict[int, str]:
-    """GPT-2's printable stand-in for every byte (the alphabet of vocab.json and merges.txt)."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return chars
 
 
 def load_tiktoken_ranks(path: Path) -> dict[bytes, int]:
