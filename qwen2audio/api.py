@@ -1,5 +1,5 @@
 """The public model class: the pure `Qwen2Audio` module plus what a user expects from transformers —
-`from_pretrained`, `save_pretrained` and the matching `processor`."""
+`from_pretrained`, `save_pretrained`, the matching `processor`, `generate` — and `chat`/`transcribe` on top."""
 
 from __future__ import annotations
 
