@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The CPU wheel of this release lies on the machines' disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
-SYSTEM_PACKAGES := ffmpeg sox espeak-ng
+SYSTEM_PACKAGES := ffmpeg sox espeak-ng flite fortunes fortunes-de fortunes-es fortunes-it
 
 .PHONY: install system-deps test demo bench clean
 
@@ -19,9 +19,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-# Debian packages: ffmpeg decodes what soundfile cannot (webm/opus, m4a, video), sox and espeak-ng make test audio.
+# Debian packages: ffmpeg decodes what soundfile cannot (webm/opus, m4a, video), sox, espeak-ng and flite make test
+# audio and the synthetic corpus (`qwen2audio synth`), the fortunes packages its open-domain sentences (data: dpkg -s).
 system-deps:
-	@missing=""; for p in ffmpeg sox espeak-ng; do command -v $$p >/dev/null || missing="$$missing $$p"; done; \
+	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; \
 	  else echo "missing:$$missing -- run: sudo apt-get install $(SYSTEM_PACKAGES)"; exit 1; fi; \

@@ -24,6 +24,7 @@ from .model import Qwen2Audio, Qwen2AudioConfig
 from .model.config import PRESETS
 from .quant import quantize
 from .train.cli import add_arguments as train_args, run as cmd_train
+from .synth.cli import add_arguments as synth_args, run as cmd_synth
 from .transcribe import OUTPUT_FORMATS, STYLES, format_transcription
 
 
@@ -289,6 +290,7 @@ COMMANDS = {
     "transcribe": (cmd_transcribe, _transcribe_args, "speech to text for audio of any length (txt, json, srt)"),
     "train": (cmd_train, train_args, "pre-train, fine-tune (LoRA or full) or DPO from a YAML recipe; torchrun-ready"),
     "eval": (cmd_eval, eval_args, "score a local model or an OpenAI-compatible API on the report's benchmarks"),
+    "synth": (cmd_synth, synth_args, "a synthetic multi-task audio corpus (sounds, questions, espeak-ng speech)"),
 }
 
 

@@ -1,0 +1,7 @@
+"""Synthetic multi-task audio corpus (`qwen2audio synth`): sounds, counting, audio questions and espeak-ng speech with
+exact labels, written as 16 kHz FLAC plus the training and evaluation manifests."""
+
+from .corpus import SynthConfig, generate, resolve
+from .tasks import LANGUAGES, TASKS
+
+__all__ = ["LANGUAGES", "TASKS", "SynthConfig", "generate", "resolve"]

@@ -1,0 +1,284 @@
+"""The corpus writer: items of the chosen task families, each rendered from its own seed (seed, split, index), so the
+output is the same bytes whatever the worker count or order, and a rerun resumes where it stopped.
+
+Layout of `out/`:
+  synth.json                  the settings (a rerun with other settings refuses to mix corpora)
+  {split}/audio/NNNNNNN.flac  16 kHz 16-bit FLAC, and beside it NNNNNNN.json: the item's record (written last)
+  {split}/pretrain.jsonl      task rows  {"audio", "task", "text", "language"?, "question"? ...}
+  {split}/sft.jsonl           chat rows  {"messages": [user "<audio>instruction", assistant answer], "audios"};
+                              voice-chat items: the user turn is the audio alone (the question is spoken)
+  {split}/dpo.jsonl           preference rows {"messages", "audios", "chosen", "rejected"}
+  eval/synth_TASK_LANG.jsonl  the test split's ASR items as official {audio, source, prompt, gt} rows
+  dataset_info.json           counts, hours, voices and label sets per split and task
+Every file is written atomically; manifests and dataset_info only once all items exist.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import multiprocessing
+import os
+import random
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import soundfile as sf
+
+from ..audio import SAMPLE_RATE
+from ..data.prompts import draw_instruction
+from ..data.rows import AUDIO_TAG
+from ..files import atomic_write, atomic_write_json
+from ..tokenizer import base_prompt
+from .speech import require_engine
+from .tasks import LANGUAGES, TASKS, Draw, Item
+
+SPLITS = ("train", "test")
+FORMAT_VERSION = 1  # bump when the same settings would render different items
+FLAC_SUBTYPE = "PCM_16"
+ID_DIGITS = 7
+EVAL_LANGUAGES = {"cmn": "zh"}  # the language tags (and text normalisers) of the evaluation, where they differ
+
+
+@dataclass(frozen=True)
+class SynthConfig:
+    """What a corpus is made of; `out` and `workers` do not change its contents."""
+
+    clips: int
+    tasks: tuple[str, ...]
+    languages: tuple[str, ...]
+    seed: int = 0
+    test_fraction: float = 0.1
+
+    def counts(self) -> dict[str, int]:
+        test = round(self.clips * self.test_fraction)
+        return {"train": self.clips - test, "test": test}
+
+    def settings(self) -> dict[str, Any]:
+        return {"version": FORMAT_VERSION, **asdict(self), "tasks": list(self.tasks),
+                "languages": list(self.languages)}
+
+
+def resolve(tasks: list[str] | None, languages: list[str] | None, clips: int | None = None,
+            hours: float | None = None, seed: int = 0, test_fraction: float = 0.1) -> SynthConfig:
+    """Check the arguments (one ValueError naming the bad value and the choices) and the engines the tasks need."""
+    for language in languages or ():
+        if language not in LANGUAGES:
+            raise ValueError(f"unknown language {language!r}; known: {', '.join(LANGUAGES)}")
+    for task in tasks or ():
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    langs = tuple(dict.fromkeys(languages)) if languages else LANGUAGES
+    chosen = list(dict.fromkeys(tasks)) if tasks else list(TASKS)
+    speakable = [t for t in chosen if TASKS[t].languages is None or set(TASKS[t].languages) & set(langs)]
+    if tasks and len(speakable) < len(chosen):
+        bad = next(t for t in chosen if t not in speakable)
+        raise ValueError(f"task {bad!r} speaks only {', '.join(TASKS[bad].languages)}; none is in --languages")
+    if not speakable:
+        raise ValueError("no task can be made in the chosen languages")
+    if not 0 <= test_fraction < 1:
+        raise ValueError(f"test fraction must lie in [0, 1), got {test_fraction}")
+    if (clips is None) == (hours is None):
+        raise ValueError("give either clips or hours")
+    if hours is not None:
+        if hours <= 0:
+            raise ValueError(f"hours must be positive, got {hours}")
+        mean = sum(TASKS[t].mean_seconds for t in speakable) / len(speakable)
+        clips = math.ceil(hours * 3600 / mean)
+    if clips <= 0:
+        raise ValueError(f"clips must be positive, got {clips}")
+    for engine in sorted({e for t in speakable for e in TASKS[t].engines}):
+        require_engine(engine)
+    for t in speakable:
+        if TASKS[t].prepare:
+            TASKS[t].prepare(langs)
+    return SynthConfig(clips, tuple(speakable), langs, seed, test_fraction)
+
+
+# -- one item ---------------------------------------------------------------------------------------------------------
+def item_draw(config: SynthConfig, split: str, index: int, task: str) -> Draw:
+    """The item's randomness, fixed by (seed, split, index) alone."""
+    key = (config.seed, SPLITS.index(split), index)
+    family = TASKS[task]
+    languages = tuple(l for l in config.languages if family.languages is None or l in family.languages)
+    return Draw(np.random.default_rng(key), random.Random(":".join(map(str, key))), split, languages)
+
+
+def item_task(config: SynthConfig, index: int) -> str:
+    """Round-robin over the chosen families: each gets an equal share of every split."""
+    return config.tasks[index % len(config.tasks)]
+
+
+def flac_bytes(audio: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    sf.write(buffer, np.clip(audio, -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype=FLAC_SUBTYPE)
+    return buffer.getvalue()
+
+
+RAMBLING = ("Well, after listening to the whole recording quite carefully, I would say it is probably {answer}, "
+            "although it is honestly hard to be sure, and there may also be {other} somewhere in the background.")
+HALLUCINATION = "The audio contains {wrong}, recorded outdoors on a windy day with people talking nearby."
+
+
+def rejected_answer(item: Item, rng: random.Random) -> str:
+    """A worse answer for DPO: for a label, another label, a hallucinated description or a rambling one; for text,
+    the transcript with a word dropped or swapped."""
+    if item.wrong:
+        return rng.choice(item.wrong)
+    if item.labels:
+        wrong = rng.choice([label for label in item.labels if label != item.answer])
+        return rng.choice((wrong, HALLUCINATION.format(wrong=wrong), RAMBLING.format(answer=item.answer, other=wrong)))
+    words = item.answer.split()
+    i = rng.randrange(len(words))
+    if len(words) > 3 and rng.random() < 0.5:
+        return " ".join(words[:i] + words[i + 1:])
+    others = [w for w in ("yesterday", "music", "orange", "quickly", "mountain") if w != words[i]]
+    return " ".join(words[:i] + [rng.choice(others)] + words[i + 1:])
+
+
+def record_path(out: Path, split: str, index: int) -> Path:
+    return out / split / "audio" / f"{index:0{ID_DIGITS}d}.json"
+
+
+def make_item(config: SynthConfig, out: Path, split: str, index: int) -> dict[str, Any]:
+    """Render item (split, index), write its FLAC then its record (both atomically); return the record."""
+    task = item_task(config, index)
+    draw = item_draw(config, split, index, task)
+    item = TASKS[task].make(draw)
+    audio_path = record_path(out, split, index).with_suffix(".flac")
+    atomic_write(audio_path, flac_bytes(item.audio))
+    fields = {k: v for k, v in item.fields.items() if k != "params"}
+    record = {"id": f"{split}-{index:0{ID_DIGITS}d}", "split": split, "task": task, "kind": item.kind,
+              "audio": audio_path.relative_to(out / split).as_posix(), "seconds": len(item.audio) / SAMPLE_RATE,
+              "answer": item.answer, "labels": list(item.labels), "fields": fields, "voice": item.voice,
+              "instruction": "" if item.voice_chat else draw_instruction(item.kind, fields, draw.py),
+              "rejected": rejected_answer(item, draw.py), "params": item.fields.get("params")}
+    atomic_write_json(record_path(out, split, index), record)
+    return record
+
+
+def _make(args) -> dict[str, Any]:
+    return make_item(*args)
+
+
+# -- the corpus -------------------------------------------------------------------------------------------------------
+def _check_settings(config: SynthConfig, out: Path) -> None:
+    path = out / "synth.json"
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        if old != config.settings():
+            changed = ", ".join(k for k in config.settings() if old.get(k) != config.settings()[k])
+            raise ValueError(f"{out} holds a corpus made with other settings ({changed}); use another --out")
+    else:
+        atomic_write_json(path, config.settings())
+
+
+def _remove_partial(out: Path) -> None:
+    """Temporary files a killed run left behind (atomic_write's `.NAME.XXXX.tmp`)."""
+    for split in SPLITS:
+        for tmp in (out / split / "audio").glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+
+
+def pending_items(config: SynthConfig, out: Path) -> list[tuple[str, int]]:
+    return [(split, i) for split, n in config.counts().items() for i in range(n)
+            if not record_path(out, split, i).exists()]
+
+
+def generate(config: SynthConfig, out: Path, workers: int = 1, progress: bool = False) -> dict[str, Any]:
+    """Make every missing item (in `workers` processes), then the manifests and dataset_info; returns the info."""
+    out = Path(out)
+    for split in SPLITS:
+        (out / split / "audio").mkdir(parents=True, exist_ok=True)
+    _check_settings(config, out)
+    _remove_partial(out)
+    todo = pending_items(config, out)
+    jobs = [(config, out, split, i) for split, i in todo]
+    from tqdm import tqdm
+
+    with tqdm(total=len(jobs), unit="clip", disable=not progress, desc="synth") as bar:
+        if workers <= 1 or len(jobs) < 2:
+            for job in jobs:
+                _make(job)
+                bar.update()
+        else:
+            with multiprocessing.get_context("fork").Pool(workers) as pool:
+                for _ in pool.imap_unordered(_make, jobs, chunksize=4):
+                    bar.update()
+    return write_manifests(config, out)
+
+
+def read_records(config: SynthConfig, out: Path, split: str) -> Iterator[dict[str, Any]]:
+    for i in range(config.counts()[split]):
+        yield json.loads(record_path(out, split, i).read_text(encoding="utf-8"))
+
+
+def _jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+
+
+def manifest_rows(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The pretrain, sft and dpo rows of one record (audio paths relative to the split's folder)."""
+    user = {"role": "user", "content": AUDIO_TAG + record["instruction"]}
+    return {
+        "pretrain": {"audio": record["audio"], "task": record["kind"], "text": record["answer"], **record["fields"],
+                     "source": f"synth_{record['task']}", "id": record["id"]},
+        "sft": {"messages": [user, {"role": "assistant", "content": record["answer"]}], "audios": [record["audio"]]},
+        "dpo": {"messages": [user], "audios": [record["audio"]], "chosen": record["answer"],
+                "rejected": record["rejected"]},
+    }
+
+
+def eval_row(record: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+    """An official eval_audio row for the items a generic preset can score (ASR: `qwen2audio eval asr`)."""
+    if record["kind"] != "asr":
+        return None
+    language = EVAL_LANGUAGES.get(record["fields"]["language"], record["fields"]["language"])
+    source = f"synth_{record['task']}_{language}"
+    return source, {"audio": f"../test/{record['audio']}", "source": source, "prompt": base_prompt("asr", language),
+                    "gt": record["answer"], "language": language, "id": record["id"]}
+
+
+def write_manifests(config: SynthConfig, out: Path) -> dict[str, Any]:
+    info: dict[str, Any] = {"settings": config.settings(), "sample_rate": SAMPLE_RATE, "splits": {}}
+    evals: dict[str, list] = defaultdict(list)
+    for split in SPLITS:
+        rows: dict[str, list] = defaultdict(list)
+        tasks: dict[str, dict] = {}
+        voices: Counter = Counter()
+        seconds = 0.0
+        for record in read_records(config, out, split):
+            for kind, row in manifest_rows(record).items():
+                rows[kind].append(row)
+            if split == "test" and (e := eval_row(record)):
+                evals[e[0]].append(e[1])
+            t = tasks.setdefault(record["task"], {"clips": 0, "seconds": 0.0, "labels": record["labels"],
+                                                  "answers": Counter()})
+            t["clips"] += 1
+            t["seconds"] += record["seconds"]
+            t["answers"][record["answer"]] += 1
+            seconds += record["seconds"]
+            if record["voice"]:
+                voices[record["voice"]] += 1
+        for kind in ("pretrain", "sft", "dpo"):
+            atomic_write(out / split / f"{kind}.jsonl", _jsonl(rows[kind]))
+        info["splits"][split] = {
+            "clips": config.counts()[split], "hours": round(seconds / 3600, 4), "voices": dict(sorted(voices.items())),
+            "tasks": {name: {"clips": t["clips"], "hours": round(t["seconds"] / 3600, 4),
+                             "labels": t["labels"] or None,
+                             "answers": dict(sorted(t["answers"].items())) if t["labels"] else len(t["answers"])}
+                      for name, t in sorted(tasks.items())}}
+    if evals:
+        (out / "eval").mkdir(exist_ok=True)
+        for source, rows_ in sorted(evals.items()):
+            atomic_write(out / "eval" / f"{source}.jsonl", _jsonl(rows_))
+    atomic_write_json(out / "dataset_info.json", info)
+    return info
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

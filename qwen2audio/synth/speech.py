@@ -1,0 +1,109 @@
+"""Speech engines: espeak-ng and flite (Debian packages) rendered to 16 kHz float32. A voice is an engine, a language
+voice and a variant; some espeak-ng variants are held out of training, and flite (English only) is heard in the test
+split alone: a model is judged on voices and an engine it never heard."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+from ..audio import SAMPLE_RATE
+
+ESPEAK = "espeak-ng"
+ESPEAK_VOICES = {"en": "en", "cmn": "cmn", "yue": "yue", "fr": "fr", "it": "it", "es": "es", "de": "de", "ja": "ja"}
+MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8")
+FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
+WHISPER_VARIANTS = {"male": "whisper", "female": "whisperf"}
+TEST_VARIANTS = ("m8", "f5")  # held out of training: test voices are never heard in training
+RATE_WPM = {"slow": 100, "normal": 160, "fast": 260}  # espeak-ng -s
+AMPLITUDE = {"quiet": 40, "normal": 100, "loud": 200}  # espeak-ng -a (0..200)
+PITCH_RANGE = (30, 70)  # espeak-ng -p (0..99)
+FLITE = "flite"
+FLITE_VOICES = {"slt": "female", "rms": "male", "awb": "male", "kal16": "male"}  # 16 kHz voices of Debian's flite
+FLITE_STRETCH = (0.85, 1.2)  # flite --setf duration_stretch: < 1 faster, > 1 slower
+WAV_HEADER_BYTES = 44  # espeak-ng --stdout writes a canonical 44-byte RIFF header (with unset sizes) + int16 PCM
+
+
+class EngineError(RuntimeError):
+    """A speech engine that is not installed."""
+
+
+PYTHON_ENGINE = "py:"  # an engine named py:MODULE is a Python package, not a program
+
+
+def require_engine(name: str) -> None:
+    """EngineError unless the program (or, for `py:MODULE`, the Python package) is installed."""
+    if name.startswith(PYTHON_ENGINE):
+        module = name[len(PYTHON_ENGINE):]
+        if importlib.util.find_spec(module) is None:
+            raise EngineError(f"the Python package {module} is not installed: pip install {module} "
+                              f"(or qwen2audio[synth])")
+    elif shutil.which(name) is None:
+        raise EngineError(f"the program {name} is not installed: apt-get install {name} (or `make system-deps`)")
+
+
+@dataclass(frozen=True)
+class Voice:
+    engine: str
+    language: str  # the report's code (en, cmn, yue ...)
+    sex: str  # male | female
+    variant: str
+    pitch: int = 50
+    rate: int = RATE_WPM["normal"]
+    amplitude: int = AMPLITUDE["normal"]
+
+    stretch: float = 1.0  # flite's duration_stretch
+
+    @property
+    def name(self) -> str:
+        """The voice's identity (engine, language, variant): what 'held-out voice' means."""
+        if self.engine == FLITE:
+            return f"{FLITE}:{self.variant}"
+        return f"{self.engine}:{ESPEAK_VOICES[self.language]}+{self.variant}"
+
+
+def variants(sex: str, split: str) -> tuple[str, ...]:
+    pool = MALE_VARIANTS if sex == "male" else FEMALE_VARIANTS
+    return tuple(v for v in pool if (v in TEST_VARIANTS) == (split == "test"))
+
+
+def espeak(text: str, voice: Voice) -> np.ndarray:
+    """Speak `text` with espeak-ng; float32 at SAMPLE_RATE."""
+    command = [ESPEAK, "-v", f"{ESPEAK_VOICES[voice.language]}+{voice.variant}", "-s", str(voice.rate),
+               "-p", str(voice.pitch), "-a", str(voice.amplitude), "--stdout", text]
+    try:
+        data = subprocess.run(command, capture_output=True, check=True).stdout
+    except FileNotFoundError:
+        raise EngineError(f"the speech engine {ESPEAK} is not installed: apt-get install {ESPEAK}") from None
+    if data[:4] != b"RIFF" or len(data) <= WAV_HEADER_BYTES:
+        raise RuntimeError(f"{ESPEAK} gave no audio for {text!r} ({voice.name})")
+    rate = int.from_bytes(data[24:28], "little")
+    pcm = np.frombuffer(data[WAV_HEADER_BYTES:len(data) - (len(data) - WAV_HEADER_BYTES) % 2], "<i2")
+    audio = pcm.astype(np.float32) / 32768.0
+    return soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32) if rate != SAMPLE_RATE else audio
+
+
+def flite(text: str, voice: Voice) -> np.ndarray:
+    """Speak English `text` with flite (it writes only to files: a temporary one); float32 at SAMPLE_RATE."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "speech.wav"
+        command = [FLITE, "-voice", voice.variant, "--setf", f"duration_stretch={voice.stretch:.3f}", "-t", text,
+                   "-o", str(path)]
+        try:
+            subprocess.run(command, capture_output=True, check=True)
+        except FileNotFoundError:
+            raise EngineError(f"the program {FLITE} is not installed: apt-get install {FLITE}") from None
+        audio, rate = sf.read(path, dtype="float32")
+    return soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32) if rate != SAMPLE_RATE else audio
+
+
+def speak(text: str, voice: Voice) -> np.ndarray:
+    return flite(text, voice) if voice.engine == FLITE else espeak(text, voice)

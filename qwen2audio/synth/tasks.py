@@ -1,0 +1,291 @@
+"""Task families: each draws one item from a seeded `Draw` and returns its audio and exact labels. `TASKS` is the
+registry `qwen2audio synth --tasks` chooses from; `kind` is the stage-1 task whose instruction pool
+(`data/prompts.INSTRUCTIONS`) the item's prompt comes from."""
+
+from __future__ import annotations
+
+import operator
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..audio import SAMPLE_RATE
+from ..data.prompts import language_name
+from . import effects, sounds
+from .fortunes import LANGUAGE_DIRS, fortune_sentences
+from .effects import SOX
+from .speech import (AMPLITUDE, ESPEAK, FLITE, FLITE_STRETCH, FLITE_VOICES, PITCH_RANGE, RATE_WPM, WHISPER_VARIANTS,
+                     Voice, espeak, speak, variants)
+from .text import PHRASES, english_sentence, number_item, sentence_split
+
+LANGUAGES = tuple(PHRASES)  # the report's eight: en cmn yue fr it es de ja
+GAP_SECONDS = 0.4  # silence between two events of a question
+HIGH_HZ, LOW_HZ = (1200.0, 3000.0), (120.0, 300.0)  # a "high" and a "low" tone
+LOUDNESS_DB = (10.0, 20.0)  # how much louder the louder of two tones is
+COUNT_RANGE = (1, 9)  # how many beeps or clicks a counting item holds
+ORDER_EVENTS = ("sine tone", "white noise", "click train", "siren", "chord", "rising sweep")
+HELD_OUT_ENGINE_SHARE = 0.5  # of the test split's English ASR items, spoken by flite (never heard in training)
+STYLES = ("whispering", "fast", "slow", "loud", "normal")
+NOISES = ("white noise", "pink noise", "brown noise")  # the beds of noisy speech and of mixed scenes
+CONDITIONS = ("noise", "telephone", "reverb")  # what happens to the speech of a noisy-ASR item
+SCENE_SNR_DB = (8.0, 20.0)  # speech over a noise bed in a mixed scene
+OPERATIONS = {"plus": operator.add, "minus": operator.sub, "times": operator.mul}
+SMALL_NUMBERS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+                 "sixteen seventeen eighteen nineteen twenty").split()
+BACKGROUND_SHARE = 0.3  # of the voice-chat questions, spoken over a noise bed
+
+
+@dataclass
+class Draw:
+    """The randomness of one item: numpy for signals, `random.Random` for choices and instructions."""
+
+    rng: np.random.Generator
+    py: random.Random
+    split: str
+    languages: tuple[str, ...]
+
+
+@dataclass
+class Item:
+    """One clip and its labels. answer: the reference (a transcript or a label); labels: the label set the answer is
+    drawn from (empty for open answers); fields: the row's fields (language, question ...) and the voice; voice_chat:
+    the instruction is spoken, so the chat turn holds the audio alone (the report's voice-chat mode)."""
+
+    kind: str
+    audio: np.ndarray
+    answer: str
+    labels: tuple[str, ...] = ()
+    fields: dict[str, Any] = field(default_factory=dict)
+    voice: str | None = None
+    voice_chat: bool = False
+    wrong: tuple[str, ...] = ()  # worse answers for DPO that the family knows (else corpus.rejected_answer makes one)
+
+
+@dataclass(frozen=True)
+class TaskFamily:
+    name: str
+    make: Callable[[Draw], Item]
+    description: str
+    engines: tuple[str, ...] = ()
+    languages: tuple[str, ...] | None = None  # the languages it can speak (None: no speech)
+    mean_seconds: float = 2.0  # the typical clip length, to turn --hours into a clip count
+    prepare: Callable[[tuple[str, ...]], None] | None = None  # checks (and loads) its data for these languages
+
+
+def _concat(*parts: np.ndarray) -> np.ndarray:
+    gap = np.zeros(int(GAP_SECONDS * SAMPLE_RATE), np.float32)
+    out = [parts[0]]
+    for p in parts[1:]:
+        out += [gap, p]
+    return np.concatenate(out).astype(np.float32)
+
+
+# -- sounds -----------------------------------------------------------------------------------------------------------
+def make_sound(d: Draw) -> Item:
+    label = d.py.choice(list(sounds.SOUNDS))
+    audio, params = sounds.render_sound(label, d.rng)
+    return Item("sound", audio, label, tuple(sounds.SOUNDS), {"params": params})
+
+
+def make_count(d: Draw) -> Item:
+    n = d.py.randint(*COUNT_RANGE)
+    what = d.py.choice(("beeps", "clicks"))
+    if what == "beeps":
+        audio = sounds.beeps(n, float(d.rng.uniform(600, 1500)))
+    else:
+        audio = sounds.clicks(n, float(d.rng.uniform(*sounds.CLICK_GAP_SECONDS)))
+    audio = (audio * sounds.PEAK).astype(np.float32)
+    labels = tuple(str(i) for i in range(COUNT_RANGE[0], COUNT_RANGE[1] + 1))
+    return Item("aqa", audio, str(n), labels, {"question": f"How many {what} are there? Answer with a number."})
+
+
+def make_pitch(d: Draw) -> Item:
+    answer = d.py.choice(("high", "low"))
+    freq = float(np.exp(d.rng.uniform(*np.log(HIGH_HZ if answer == "high" else LOW_HZ))))
+    audio = sounds.finish(sounds.tone(freq, float(d.rng.uniform(0.8, 2.0))))
+    return Item("aqa", audio, answer, ("high", "low"),
+                {"question": "Is the pitch of the tone high or low?", "params": {"freq": freq}})
+
+
+def make_order(d: Draw) -> Item:
+    first, second = d.py.sample(ORDER_EVENTS, 2)
+    a, _ = sounds.render_sound(first, d.rng)
+    b, _ = sounds.render_sound(second, d.rng)
+    options = sorted((first, second))
+    return Item("aqa", _concat(a, b), first, ORDER_EVENTS,
+                {"question": f"Which came first, the {options[0]} or the {options[1]}?",
+                 "params": {"seconds": [len(a) / SAMPLE_RATE, len(b) / SAMPLE_RATE]}})
+
+
+def make_loudness(d: Draw) -> Item:
+    answer = d.py.choice(("first", "second"))
+    db = float(d.rng.uniform(*LOUDNESS_DB))
+    quiet = sounds.PEAK * 10 ** (-db / 20)
+    freq = float(d.rng.uniform(300, 1000))
+    peaks = (sounds.PEAK, quiet) if answer == "first" else (quiet, sounds.PEAK)
+    parts = [sounds.finish(sounds.tone(freq, 0.8), p) for p in peaks]
+    return Item("aqa", _concat(*parts), answer, ("first", "second"),
+                {"question": "Which tone is louder, the first or the second?", "params": {"db": db}})
+
+
+# -- speech -----------------------------------------------------------------------------------------------------------
+def _voice(d: Draw, language: str, sex: str | None = None, **overrides) -> Voice:
+    sex = sex or d.py.choice(("male", "female"))
+    return Voice("espeak", language, sex, d.py.choice(variants(sex, d.split)), pitch=d.py.randint(*PITCH_RANGE),
+                 **overrides)
+
+
+def make_asr(d: Draw) -> Item:
+    """An English grammar sentence; in the test split half are spoken by flite, the engine held out of training."""
+    text = english_sentence(d.py, d.split)
+    if d.split == "test" and d.py.random() < HELD_OUT_ENGINE_SHARE:
+        name = d.py.choice(sorted(FLITE_VOICES))
+        voice = Voice(FLITE, "en", FLITE_VOICES[name], name, stretch=round(d.py.uniform(*FLITE_STRETCH), 3))
+    else:
+        voice = _voice(d, "en", rate=d.py.randint(RATE_WPM["normal"] - 30, RATE_WPM["normal"] + 30))
+    return Item("asr", speak(text, voice), text, (), {"language": "en"}, voice.name)
+
+
+def make_lid(d: Draw) -> Item:
+    language = d.py.choice(d.languages)
+    voice = _voice(d, language)
+    return Item("lid", espeak(d.py.choice(PHRASES[language]), voice), language_name(language),
+                tuple(language_name(code) for code in d.languages), {"language": language}, voice.name)
+
+
+def make_gender(d: Draw) -> Item:
+    language = d.py.choice(d.languages)
+    sex = d.py.choice(("male", "female"))
+    voice = _voice(d, language, sex)
+    return Item("gender", espeak(d.py.choice(PHRASES[language]), voice), sex, ("male", "female"),
+                {"language": language}, voice.name)
+
+
+def make_style(d: Draw) -> Item:
+    """Speaking style, the emotion-like task: whispering, fast, slow, loud or normal."""
+    style = d.py.choice(STYLES)
+    sex = d.py.choice(("male", "female"))
+    voice = _voice(d, "en", sex)
+    if style == "whispering":
+        voice = Voice("espeak", "en", sex, WHISPER_VARIANTS[sex], voice.pitch)
+    elif style in RATE_WPM:
+        voice = Voice("espeak", "en", sex, voice.variant, voice.pitch, rate=RATE_WPM[style])
+    elif style == "loud":
+        voice = Voice("espeak", "en", sex, voice.variant, voice.pitch, amplitude=AMPLITUDE["loud"])
+    question = f"How is the person speaking: {', '.join(STYLES[:-1])} or {STYLES[-1]}?"
+    return Item("aqa", espeak(english_sentence(d.py, d.split), voice), style, STYLES,
+                {"question": question, "language": "en"}, voice.name)
+
+
+def make_numbers(d: Draw) -> Item:
+    """A number spoken in one of the languages; the transcript is its words in that language."""
+    language = d.py.choice(d.languages)
+    _, words = number_item(d.py, language, d.split)
+    voice = _voice(d, language)
+    return Item("asr", espeak(words, voice), words, (), {"language": language}, voice.name)
+
+
+def make_noisy_asr(d: Draw) -> Item:
+    """English speech in noise at a drawn SNR, through a telephone band, or with reverb."""
+    item = make_asr(d)
+    condition = d.py.choice(CONDITIONS)
+    if condition == "noise":
+        snr = round(d.py.uniform(*effects.SNR_DB), 1)
+        noise, _ = sounds.render_sound(d.py.choice(NOISES), d.rng)
+        item.audio = effects.mix_at_snr(item.audio, noise, snr)
+        item.fields["snr_db"] = snr
+    else:
+        item.audio = effects.apply_chain(item.audio, condition)
+    item.fields["condition"] = condition
+    return item
+
+
+def make_caption(d: Draw) -> Item:
+    """A mixed scene and its caption, e.g. "a woman speaks French over pink noise, then a siren"."""
+    language, sex = d.py.choice(d.languages), d.py.choice(("male", "female"))
+    voice = _voice(d, language, sex)
+    audio = espeak(d.py.choice(PHRASES[language]), voice)
+    caption = f"a {'man' if sex == 'male' else 'woman'} speaks {language_name(language)}"
+    if d.py.random() < 0.6:
+        bed = d.py.choice(NOISES)
+        noise, _ = sounds.render_sound(bed, d.rng)
+        audio = effects.mix_at_snr(audio, noise, d.py.uniform(*SCENE_SNR_DB))
+        caption += f" over {bed}"
+    if d.py.random() < 0.6:
+        event = d.py.choice([e for e in ORDER_EVENTS if e not in NOISES])
+        sound, _ = sounds.render_sound(event, d.rng, peak=0.3)
+        before = d.py.random() < 0.5
+        audio = _concat(sound, audio) if before else _concat(audio, sound)
+        caption = f"a {event}, then {caption}" if before else f"{caption}, then a {event}"
+    return Item("caption", audio, caption, (), {"language": language}, voice.name)
+
+
+def arithmetic_question(rng: random.Random, split: str) -> tuple[str, int]:
+    """'what is seven times three' and its result; test questions never occur in train."""
+    want = "test" if split == "test" else "train"
+    while True:
+        a, b, name = rng.randint(0, 20), rng.randint(0, 12), rng.choice(sorted(OPERATIONS))
+        a, b = (max(a, b), min(a, b)) if name == "minus" else (a, b)
+        question = f"what is {SMALL_NUMBERS[a]} {name} {SMALL_NUMBERS[b]}"
+        if sentence_split(question) == want:
+            return question, OPERATIONS[name](a, b)
+
+
+def make_voice_chat(d: Draw) -> Item:
+    """A spoken arithmetic question, sometimes over background noise, answered in text: the voice-chat mode."""
+    question, result = arithmetic_question(d.py, d.split)
+    voice = _voice(d, "en")
+    audio = espeak(question, voice)
+    fields: dict[str, Any] = {"question": "Answer the spoken question.", "language": "en", "spoken": question}
+    if d.py.random() < BACKGROUND_SHARE:
+        bed = d.py.choice(NOISES)
+        noise, _ = sounds.render_sound(bed, d.rng)
+        audio = effects.mix_at_snr(audio, noise, d.py.uniform(*SCENE_SNR_DB))
+        fields["background"] = bed
+    off = result + d.py.choice((-2, -1, 1, 2, 10))
+    wrong = (f"The answer is {off}.", f"Let me think about this step by step. You asked {question}. Numbers can be "
+             f"added, subtracted or multiplied, and in this case the result should be {result}, if I heard you right.")
+    return Item("aqa", audio, f"The answer is {result}.", (), fields, voice.name, voice_chat=True, wrong=wrong)
+
+
+OPEN_LANGUAGES = ("en", *LANGUAGE_DIRS)  # the languages Debian's fortune packages give sentences in
+
+
+def make_open_asr(d: Draw) -> Item:
+    """An open-domain sentence from the fortune files: out-of-vocabulary words for an honest measurement."""
+    language = d.py.choice(d.languages)
+    sentence = d.py.choice(fortune_sentences(language)["test" if d.split == "test" else "train"])
+    voice = _voice(d, language)
+    return Item("asr", espeak(sentence, voice), sentence, (), {"language": language}, voice.name)
+
+
+def _load_fortunes(languages: tuple[str, ...]) -> None:
+    for language in languages:
+        if language in OPEN_LANGUAGES:
+            fortune_sentences(language)
+
+
+TASKS: dict[str, TaskFamily] = {t.name: t for t in [
+    TaskFamily("sound", make_sound, "sound classification over 12 synthetic classes", mean_seconds=2.0),
+    TaskFamily("count", make_count, "how many beeps or clicks", mean_seconds=1.5),
+    TaskFamily("pitch", make_pitch, "is the tone high or low", mean_seconds=1.4),
+    TaskFamily("order", make_order, "which of two events came first", mean_seconds=4.4),
+    TaskFamily("loudness", make_loudness, "which of two tones is louder", mean_seconds=2.0),
+    TaskFamily("asr", make_asr, "English speech recognition (closed-vocabulary grammar)", (ESPEAK, FLITE),
+               ("en",), 2.5),
+    TaskFamily("lid", make_lid, "spoken language identification", (ESPEAK,), LANGUAGES, 1.5),
+    TaskFamily("gender", make_gender, "speaker sex", (ESPEAK,), LANGUAGES, 1.5),
+    TaskFamily("numbers", make_numbers, "numbers spoken in eight languages (ASR)", (ESPEAK, "py:num2words"),
+               LANGUAGES, 1.6),
+    TaskFamily("open_asr", make_open_asr, "open-domain sentences from Debian's fortunes (en, de, es, it)", (ESPEAK,),
+               OPEN_LANGUAGES, 4.0, _load_fortunes),
+    TaskFamily("noisy_asr", make_noisy_asr, "English ASR in noise (0-20 dB SNR), telephone band or reverb",
+               (ESPEAK, FLITE, SOX), ("en",), 2.8),
+    TaskFamily("caption", make_caption, "captions of mixed scenes: speech, noise beds, events", (ESPEAK,), LANGUAGES,
+               3.0),
+    TaskFamily("voice_chat", make_voice_chat, "spoken arithmetic questions answered in text (voice-chat mode)",
+               (ESPEAK,), ("en",), 1.8),
+    TaskFamily("style", make_style, "speaking style: whispering, fast, slow, loud, normal", (ESPEAK,), ("en",), 2.5),
+]}
