@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 
 from .files import atomic_write, atomic_write_json
 from .model import Qwen2Audio, Qwen2AudioConfig
+from .tokenizer import ENDOFTEXT, IM_END, SPECIAL_TOKENS
 
 CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -405,4 +406,5 @@ def save_model(model: Qwen2Audio, path: str | os.PathLike, dtype: torch.dtype | 
 
 def default_generation_config() -> dict[str, Any]:
     # <|endoftext|> pads; <|im_end|> ends an Instruct turn, <|endoftext|> ends base-model output.
-    return {"bos_token_id": 151643, "pad_token_id": 151643, "eos_token_id": [151643, 151645]}
+    endoftext, im_end = SPECIAL_TOKENS[ENDOFTEXT], SPECIAL_TOKENS[IM_END]
+    return {"bos_token_id": endoftext, "pad_token_id": endoftext, "eos_token_id": [endoftext, im_end]}

@@ -6,9 +6,12 @@ import pytest
 import torch
 
 from qwen2audio.model import audio_token_count
+from qwen2audio.tokenizer import AUDIO_BOS as AUDIO_BOS_TOKEN, AUDIO_EOS as AUDIO_EOS_TOKEN, AUDIO_TOKEN, ENDOFTEXT
+from qwen2audio.tokenizer import IM_START as IM_START_TOKEN, SPECIAL_TOKENS
 
 # Special ids of the Qwen2-Audio vocabulary (SPEC §4), for building inputs by hand in tests.
-PAD, IM_START, AUDIO, AUDIO_BOS, AUDIO_EOS = 151643, 151644, 151646, 151647, 151648
+PAD, IM_START, AUDIO, AUDIO_BOS, AUDIO_EOS = (SPECIAL_TOKENS[t] for t in (ENDOFTEXT, IM_START_TOKEN, AUDIO_TOKEN,
+                                                                      AUDIO_BOS_TOKEN, AUDIO_EOS_TOKEN))
 
 # Several tiny shapes: grouped-query and not, tied and untied embeddings, odd sizes, 80 and 128 mel bins.
 TINY_HF_CONFIGS = {
