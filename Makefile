@@ -6,7 +6,8 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The CPU wheel of this release lies on the machines' disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
-SYSTEM_PACKAGES := ffmpeg sox espeak-ng flite fortunes fortunes-de fortunes-es fortunes-it
+SYSTEM_PACKAGES := ffmpeg sox espeak-ng flite festival fortunes fortunes-de fortunes-es fortunes-it fortunes-zh \
+                   chromium chromium-driver
 
 .PHONY: install system-deps test demo bench clean
 
@@ -20,7 +21,8 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 # Debian packages: ffmpeg decodes what soundfile cannot (webm/opus, m4a, video), sox, espeak-ng and flite make test
-# audio and the synthetic corpus (`qwen2audio synth`), the fortunes packages its open-domain sentences (data: dpkg -s).
+# audio and the synthetic corpus (`qwen2audio synth`, with festival), the fortunes packages its open-domain sentences
+# (data: dpkg -s), chromium + chromium-driver the server's browser test (a test tool cannot download its own browser).
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do command -v $$p >/dev/null || dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \

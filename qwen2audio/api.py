@@ -89,6 +89,19 @@ class Qwen2AudioForConditionalGeneration(Qwen2Audio):
         return sum(p.numel() for p in self.parameters())
 
 
+# The embedded default: the tiny model this project trains on its own synthetic corpus (`make demo-model`), shipped
+# inside the package so that every command runs offline. Every `--model` defaults to it.
+DEMO_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "demo-model"
+
+
+def default_model_path() -> Path:
+    """The shipped demo model's directory; a clear error when this copy of the package lacks it."""
+    if not (DEMO_MODEL_DIR / "config.json").is_file():
+        raise FileNotFoundError(f"the embedded demo model is missing ({DEMO_MODEL_DIR}): pass --model DIR, or "
+                                "rebuild it with `make demo-model`")
+    return DEMO_MODEL_DIR
+
+
 def load(path: str | os.PathLike, device: str | torch.device = "cpu",
          dtype: torch.dtype | str | None = None) -> Qwen2AudioForConditionalGeneration:
     """Load a Hugging Face Qwen2-Audio checkpoint directory (Qwen2-Audio-7B, -7B-Instruct, or one of ours)."""
