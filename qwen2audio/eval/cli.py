@@ -1,11 +1,14 @@
 """`qwen2audio eval --model DIR | --api URL --benchmark NAME --data PATH [--limit N]`, or `--suite a,b` with
-`--data ROOT` holding one folder (or `NAME.jsonl` / `NAME.parquet`) per benchmark, or `--data NAME=PATH` per set."""
+`--data ROOT` holding one folder (or `NAME.jsonl` / `NAME.parquet`) per benchmark, or `--data NAME=PATH` per set.
+`--benchmark synth --data CORPUS/eval` scores the synthetic corpus' test split; `--benchmark preference --data
+CORPUS/test/dpo.jsonl` measures preference pairs (a local model only)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from ..transcribe import STYLES
 from .datasets import PRESETS
 from .runner import MAX_NEW_TOKENS, ApiPredictor, LocalPredictor, evaluate
 
@@ -23,7 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the download's folder, an official .jsonl manifest or parquet export(s); with --suite a "
                         "root holding NAME/ (or NAME.jsonl, NAME.parquet) per benchmark, or NAME=PATH (repeatable)")
     p.add_argument("--out", default="eval-results", help="predictions (resumable) and results go here")
-    p.add_argument("--limit", type=int, help="the first N items of each benchmark")
+    p.add_argument("--limit", type=int, help="the first N items of each benchmark (synth: of each source)")
+    p.add_argument("--prompt-style", choices=STYLES, default="auto",
+                   help="a local model's prompts: auto (items with a conversation, e.g. synth, in the model's own "
+                        "style: chat for an Instruct checkpoint, by generation_config.json; the others as given), "
+                        "base (the base-model prompt) or chat (the chat template); an API always gets chat messages")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS)
     p.add_argument("--device", default="cpu")
@@ -61,17 +68,30 @@ def run(args: argparse.Namespace) -> None:
     if unknown:
         raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; available: {', '.join(PRESETS)}")
     paths = data_paths(names, args.data)
+    if args.api and args.prompt_style != "auto":
+        raise ValueError("--prompt-style is for a local model (--model): an API applies its own chat template")
+    if args.api and any(PRESETS[n].metric == "preference" for n in names):
+        raise ValueError("the preference benchmark scores log-probabilities: it needs a local model (--model DIR)")
+    model = None
     if args.api:
         predictor = ApiPredictor(args.api, model=args.api_model, api_key=args.api_key,
                                  max_new_tokens=args.max_new_tokens)
     else:
         from ..api import load
 
-        predictor = LocalPredictor(load(args.model, device=args.device, dtype=args.dtype), args.max_new_tokens)
+        model = load(args.model, device=args.device, dtype=args.dtype)
+        predictor = LocalPredictor(model, args.max_new_tokens, style=args.prompt_style)
     judge = (ApiPredictor(args.judge_api, model=args.judge_model, api_key=args.judge_key).complete
              if args.judge_api else None)
     for name in names:
-        results = evaluate(name, paths[name], predictor, args.out, limit=args.limit, batch_size=args.batch_size,
-                           progress=not args.no_progress, judge=judge)
+        if PRESETS[name].metric == "preference":
+            from .preference import evaluate_preference
+
+            results = evaluate_preference(model, paths[name], args.out, limit=args.limit,
+                                          batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
+                                          progress=not args.no_progress)
+        else:
+            results = evaluate(name, paths[name], predictor, args.out, limit=args.limit,
+                               batch_size=args.batch_size, progress=not args.no_progress, judge=judge)
         print(results.markdown)
     print(f"predictions and results in {args.out}/")

@@ -8,7 +8,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
-from .normalize import asr_units
+from .normalize import answer_key, asr_units, label_key
 
 
 @dataclass
@@ -36,17 +36,42 @@ def edit_distance(ref: Sequence, hyp: Sequence) -> int:
     return previous[-1]
 
 
-def wer(references: Sequence[str], predictions: Sequence[str], language: str = "en") -> Score:
-    """Corpus WER in percent: Σ edit distance / Σ reference length over the officially normalised units
-    (characters for zh/yue, so this is the CER the report calls WER there)."""
+def _per_item(language: str | Sequence[str], n: int) -> list[str]:
+    """One language for every item, or one per item."""
+    return [language] * n if isinstance(language, str) else list(language)
+
+
+def _language_detail(languages: Sequence[str]) -> str:
+    return ",".join(sorted(set(languages)))
+
+
+def _edit_rate(metric: str, references: Sequence[str], predictions: Sequence[str], language: str | Sequence[str],
+               units: Callable[[str, str], list[str]]) -> Score:
+    languages = _per_item(language, len(references))
     edits = length = 0
-    for ref, hyp in zip(references, predictions, strict=True):
-        ref_units, hyp_units = asr_units(ref, language), asr_units(hyp, language)
+    for ref, hyp, lang in zip(references, predictions, languages, strict=True):
+        ref_units, hyp_units = units(ref, lang), units(hyp, lang)
         edits += edit_distance(ref_units, hyp_units)
         length += len(ref_units)
     value = 100.0 * edits / length if length else 0.0
-    return Score("wer", value, "%", len(references), {"edits": edits, "reference_units": length,
-                                                        "language": language})
+    return Score(metric, value, "%", len(references), {"edits": edits, "reference_units": length,
+                                                       "language": _language_detail(languages)})
+
+
+def wer(references: Sequence[str], predictions: Sequence[str], language: str | Sequence[str] = "en") -> Score:
+    """Corpus WER in percent: Σ edit distance / Σ reference length over the officially normalised units
+    (characters for zh/yue, so this is the CER the report calls WER there). language: one code, or one per item."""
+    return _edit_rate("wer", references, predictions, language, asr_units)
+
+
+def _characters(text: str, language: str) -> list[str]:
+    return list("".join(asr_units(text, language)))
+
+
+def cer(references: Sequence[str], predictions: Sequence[str], language: str | Sequence[str] = "en") -> Score:
+    """Corpus character error rate in percent over the same normalised text as `wer`, spaces removed (for
+    languages written without spaces, e.g. ja; equal to `wer` for zh/yue)."""
+    return _edit_rate("cer", references, predictions, language, _characters)
 
 
 def bleu_tokenizer(target_language: str) -> str:
@@ -94,6 +119,29 @@ def accuracy(references: Sequence[str], predictions: Sequence[str], labels: Sequ
     return Score("accuracy", value, "", len(references), {"correct": correct, "outside_label_set": outside})
 
 
+def label_accuracy(references: Sequence[str], predictions: Sequence[str], labels: Sequence[str] = ()) -> Score:
+    """The synthetic corpus' label accuracy: the answer equals the label case-insensitively, after stripping
+    whitespace and one trailing period (`normalize.label_key`: "Sine tone." is right for "sine tone"); also how
+    many answers are outside the label set. Looser than the official `accuracy` (MELD, VocalSound)."""
+    answers = [label_key(p) for p in predictions]
+    correct = sum(a == label_key(r) for a, r in zip(answers, references, strict=True))
+    allowed = {label_key(label) for label in labels}
+    outside = sum(a not in allowed for a in answers) if allowed else 0
+    value = correct / len(references) if references else 0.0
+    return Score("accuracy", value, "", len(references), {"correct": correct, "outside_label_set": outside})
+
+
+def exact_match(references: Sequence[str], predictions: Sequence[str],
+                language: str | Sequence[str] = "en") -> Score:
+    """Share of answers equal to the reference after `normalize.answer_key` (lower case, punctuation stripped,
+    numbers in one form: "The answer is twenty-one." equals "the answer is 21")."""
+    languages = _per_item(language, len(references))
+    correct = sum(answer_key(p, lang) == answer_key(r, lang)
+                  for r, p, lang in zip(references, predictions, languages, strict=True))
+    value = correct / len(references) if references else 0.0
+    return Score("exact", value, "", len(references), {"correct": correct, "language": _language_detail(languages)})
+
+
 def choice(rows: Sequence[dict]) -> Score:
     """AIR-Bench Foundation single-choice accuracy (unparseable answers wrong and counted)."""
     from .airbench import choice_accuracy
@@ -103,3 +151,6 @@ def choice(rows: Sequence[dict]) -> Score:
 
 # "judge" (AIR-Bench chat) needs an endpoint, so the runner calls `airbench.judge_scores` for it.
 METRICS: dict[str, Callable[..., Score]] = {"wer": wer, "bleu": bleu, "accuracy": accuracy, "choice": choice}
+# The metrics a row of the synthetic corpus may name (its "metric" field; `--benchmark synth`).
+ROW_METRICS: dict[str, Callable[..., Score]] = {"wer": wer, "cer": cer, "bleu": bleu, "accuracy": label_accuracy,
+                                                "exact": exact_match}

@@ -475,3 +475,38 @@ def asr_units(text: str, language: str) -> list[str]:
     if language in CHAR_LEVEL_LANGUAGES:
         return list("".join(tokens))
     return tokens
+
+
+# -- short answers (the synthetic corpus' "exact" and "accuracy" metrics) ----------------------------------------------
+NO_SPACE_LANGUAGES = ("zh", "yue", "ja")  # scripts written without spaces: compared with the spaces removed
+UNDETERMINED = "und"  # ISO 639's "undetermined": no language rule matches it, so the basic normaliser applies
+
+
+def _digits_as_words(text: str, language: str) -> str:
+    """Digit runs written out (num2words) where the normalisers keep digits, so "21" equals "vingt et un" in
+    French; unchanged where num2words is missing or does not know the language."""
+    try:
+        from num2words import num2words
+
+        return re.sub(r"\d+", lambda m: num2words(int(m.group()), lang=language), text)
+    except (ImportError, NotImplementedError, OverflowError):
+        return text
+
+
+def answer_key(text: str, language: str | None = "en") -> str:
+    """A short answer reduced to what "the same answer" means: the ASR normalisation of `language` (lower case,
+    punctuation and tags gone; English numbers as digits: "twenty-one" → "21"; Chinese digits as Chinese numerals),
+    digits written out in words in the other languages, spaces collapsed (removed for zh/yue/ja).
+    language=None: the language-neutral basic normaliser."""
+    language = language or UNDETERMINED
+    if language not in ("en", "zh"):
+        text = _digits_as_words(text, language)
+    tokens = asr_units(text, language)
+    return ("" if language in NO_SPACE_LANGUAGES else " ").join(tokens)
+
+
+def label_key(text: str) -> str:
+    """A label answer compared case-insensitively after stripping whitespace and one trailing period
+    ("Sine tone. " → "sine tone")."""
+    text = text.strip()
+    return (text[:-1] if text.endswith(".") else text).strip().casefold()

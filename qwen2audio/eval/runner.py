@@ -1,5 +1,11 @@
 """Run a benchmark: predictions from a local model or an OpenAI-compatible API, appended to a JSONL as they come
-(a rerun skips what is done), then scored per source by the benchmark's metric beside the published numbers."""
+(a rerun skips what is done), then scored per source by the benchmark's metric beside the published numbers (the
+synthetic corpus: by the metric each row names, per source and per task).
+
+Prompt style of a local model (`LocalPredictor(style=)`): "base", the item's base prompt; "chat", its conversation
+rendered by the chat template with the generation prompt; "auto", the model's own style (`transcribe.prompt_style`)
+for items that carry a conversation (the synthetic corpus), and the prompt as given for the others (the official
+benchmarks' base prompts, AIR-Bench's chat prompts). An API always gets the conversation as OpenAI messages."""
 
 from __future__ import annotations
 
@@ -8,14 +14,15 @@ import io
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 from ..files import atomic_write, atomic_write_json
-from ..tokenizer import AUDIO_PLACEHOLDER
+from ..transcribe import STYLES, prompt_style
 from .datasets import Benchmark, EvalItem, get_benchmark, load_items
 from .metrics import METRICS, Score
+from .synthetic import score_synth, source_scores
 
 MAX_NEW_TOKENS = 256  # the official scripts' limit
 Predictor = Callable[[Sequence[EvalItem]], list[str]]
@@ -27,24 +34,46 @@ class ApiError(ValueError):
 
 # -- predictors ----------------------------------------------------------------------------------------------------
 class LocalPredictor:
-    """Batched greedy generation with the official base prompts, left padding, special tokens skipped."""
+    """Batched greedy generation, left padding, special tokens skipped; `style`: "auto", "base" or "chat" (the
+    prompt style, see the module docstring)."""
 
-    def __init__(self, model, max_new_tokens: int = MAX_NEW_TOKENS):
-        self.model, self.max_new_tokens = model, max_new_tokens
+    def __init__(self, model, max_new_tokens: int = MAX_NEW_TOKENS, style: str = "auto"):
+        if style not in STYLES:
+            raise ValueError(f"prompt style must be one of {', '.join(STYLES)}, not {style!r}")
+        self.model, self.max_new_tokens, self.style = model, max_new_tokens, style
+        self.model_style = prompt_style(model)
+
+    def item_style(self, item: EvalItem) -> str:
+        if self.style != "auto":
+            return self.style
+        return self.model_style if item.messages is not None else "base"
+
+    def inputs(self, items: Sequence[EvalItem]):
+        """The left-padded model inputs of a batch, each item in its prompt style."""
+        from ..audio import SAMPLE_RATE, load_audio
+        from ..chat import load_messages, model_processor
+
+        processor = model_processor(self.model)
+        prompts, audios = [], []
+        for item in items:
+            if self.item_style(item) == "chat":
+                conversation, waves = load_messages(item.conversation())
+                prompts.append(processor.apply_chat_template(conversation, add_generation_prompt=True))
+            else:
+                waves = [load_audio(a, SAMPLE_RATE) for a in item.all_audios()]
+                prompts.append(item.prompt)
+            audios += waves
+        return processor(text=prompts, audio=audios or None, sampling_rate=SAMPLE_RATE, padding_side="left")
 
     def __call__(self, items: Sequence[EvalItem]) -> list[str]:
         import torch
 
-        from ..audio import SAMPLE_RATE, load_audio
-
-        processor = self.model.processor
-        inputs = processor(text=[i.prompt for i in items], audio=[load_audio(i.audio) for i in items],
-                           sampling_rate=SAMPLE_RATE, padding_side="left")
+        inputs = self.inputs(items)
         with torch.no_grad():
             sequences = self.model.generate(**inputs.to(self.model.device), max_new_tokens=self.max_new_tokens,
                                             do_sample=False)
         new = sequences[:, inputs["input_ids"].shape[1]:]
-        return processor.batch_decode(new.tolist(), skip_special_tokens=True)
+        return self.model.processor.batch_decode(new.tolist(), skip_special_tokens=True)
 
 
 def wav_bytes(audio) -> bytes:
@@ -57,9 +86,27 @@ def wav_bytes(audio) -> bytes:
     return buffer.getvalue()
 
 
+def input_audio(source) -> dict:
+    """OpenAI's audio part: the audio as a base64 16 kHz wav."""
+    return {"type": "input_audio", "input_audio": {"data": base64.b64encode(wav_bytes(source)).decode(),
+                                                   "format": "wav"}}
+
+
+def openai_messages(conversation: Sequence[dict]) -> list[dict]:
+    """A conversation with audio parts ({"type": "audio", "audio": source}) → OpenAI chat messages."""
+    out = []
+    for message in conversation:
+        content = message["content"]
+        if not isinstance(content, str):
+            content = [input_audio(p["audio"]) if p.get("type") == "audio" else p for p in content]
+        out.append({"role": message["role"], "content": content})
+    return out
+
+
 class ApiPredictor:
-    """An OpenAI-compatible server (vLLM, ours ...): one chat completion per item, the audio as an `input_audio`
-    part (16 kHz wav) followed by the task prompt's text, temperature 0, max_tokens 256."""
+    """An OpenAI-compatible server (vLLM, ours ...): one chat completion per item, its conversation as OpenAI
+    messages (by default the audio as an `input_audio` part followed by the task prompt's text), temperature 0,
+    max_tokens 256."""
 
     def __init__(self, url: str, model: str = "default", api_key: str | None = None,
                  max_new_tokens: int = MAX_NEW_TOKENS, timeout: float = 600.0, retries: int = 3):
@@ -84,14 +131,7 @@ class ApiPredictor:
         raise AssertionError("unreachable")
 
     def __call__(self, items: Sequence[EvalItem]) -> list[str]:
-        out = []
-        for item in items:
-            audio = base64.b64encode(wav_bytes(item.audio)).decode()
-            text = item.text if item.text is not None else item.prompt.replace(AUDIO_PLACEHOLDER, "", 1)
-            content = [{"type": "input_audio", "input_audio": {"data": audio, "format": "wav"}}]
-            content += [{"type": "text", "text": text}] if text else []
-            out.append(self.complete([{"role": "user", "content": content}], self.max_new_tokens))
-        return out
+        return [self.complete(openai_messages(item.conversation()), self.max_new_tokens) for item in items]
 
 
 # -- the predictions file ----------------------------------------------------------------------------------------------
@@ -123,11 +163,23 @@ def append_rows(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
+DEFAULT_STYLE = "base"  # a prediction row without "prompt_style" was made with the base prompt
+
+
+def pending(items: Sequence[EvalItem], done: dict[str, dict], predictor: Predictor) -> list[EvalItem]:
+    """The items to predict: those not done, or done in another prompt style than the predictor's now (a local
+    model's rows record a style other than the base one)."""
+    style = getattr(predictor, "item_style", None)
+    return [i for i in items if i.id not in done
+            or (style is not None and done[i.id].get("prompt_style", DEFAULT_STYLE) != style(i))]
+
+
 def predict(items: Sequence[EvalItem], predictor: Predictor, path: Path, batch_size: int = 8,
             progress: bool = True, desc: str = "eval") -> dict[str, dict]:
-    """Predictions for `items`, computing only those not already in `path`."""
+    """Predictions for `items`, computing only those not already in `path` (a row's later line wins)."""
     done = read_predictions(path)
-    todo = [i for i in items if i.id not in done]
+    todo = pending(items, done, predictor)
+    style = getattr(predictor, "item_style", None)
     from tqdm import tqdm
 
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="item", disable=not progress,
@@ -135,7 +187,8 @@ def predict(items: Sequence[EvalItem], predictor: Predictor, path: Path, batch_s
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         rows = [{"id": i.id, "source": i.source, "prediction": p, "gt": i.gt, "language": i.language,
-                 "target": i.target, **({"extra": i.extra} if i.extra else {})}
+                 "target": i.target, **({"extra": i.extra} if i.extra else {}),
+                 **({"prompt_style": style(i)} if style and style(i) != DEFAULT_STYLE else {})}
                 for i, p in zip(batch, predictor(batch), strict=True)]
         append_rows(path, rows)
         done.update((r["id"], r) for r in rows)
@@ -148,6 +201,8 @@ def predict(items: Sequence[EvalItem], predictor: Predictor, path: Path, batch_s
 def score_rows(b: Benchmark, rows: Sequence[dict], judge=None, out_dir: Path | None = None) -> dict[str, Score]:
     """One score per source, with the benchmark's metric (`judge`: a `complete(messages, max_tokens)` for
     AIR-Bench chat; its verdicts go to `out_dir`)."""
+    if b.metric == "row":
+        return source_scores(rows)
     if b.metric == "judge":
         from .airbench import judge_scores
 
@@ -196,10 +251,17 @@ class Results:
     computed: int  # items predicted by this call (the rest came from the predictions file)
     markdown: str
     published: dict  # the report's numbers per source (paper, or (paper, after the HF conversion))
+    tasks: dict[str, Score] = field(default_factory=dict)  # pooled per task (the synthetic corpus)
+    prompt_styles: list[str] = field(default_factory=list)  # of a local model's predictions (synthetic corpus)
 
     def as_dict(self) -> dict:
-        return {"benchmark": self.benchmark, "scores": {k: s.as_dict() for k, s in self.scores.items()},
-                "published": {k: list(v) if isinstance(v, tuple) else v for k, v in self.published.items()}}
+        out = {"benchmark": self.benchmark, "scores": {k: s.as_dict() for k, s in self.scores.items()},
+               "published": {k: list(v) if isinstance(v, tuple) else v for k, v in self.published.items()}}
+        if self.tasks:
+            out["tasks"] = {k: s.as_dict() for k, s in self.tasks.items()}
+        if self.prompt_styles:
+            out["prompt_style"] = self.prompt_styles
+        return out
 
 
 def evaluate(benchmark: str | Benchmark, data: str | Path, predictor: Predictor, out_dir: str | Path,
@@ -210,10 +272,17 @@ def evaluate(benchmark: str | Benchmark, data: str | Path, predictor: Predictor,
     out_dir.mkdir(parents=True, exist_ok=True)
     items = load_items(b, data, limit)
     path = out_dir / f"{b.name}.predictions.jsonl"
-    before = len(read_predictions(path).keys() & {i.id for i in items})
+    computed = len(pending(items, read_predictions(path), predictor))
     done = predict(items, predictor, path, batch_size=batch_size, progress=progress, desc=b.name)
-    scores = score_rows(b, [done[i.id] for i in items], judge=judge, out_dir=out_dir)
-    results = Results(b.name, scores, len(items) - before, markdown_table(b, scores), b.published)
+    rows = [done[i.id] for i in items]
+    if b.metric == "row":
+        style = getattr(predictor, "item_style", None)
+        styles = sorted({style(i) for i in items}) if style else []
+        scores, tasks, markdown = score_synth(rows, styles)
+        results = Results(b.name, scores, computed, markdown, b.published, tasks, styles)
+    else:
+        scores = score_rows(b, rows, judge=judge, out_dir=out_dir)
+        results = Results(b.name, scores, computed, markdown_table(b, scores), b.published)
     atomic_write_json(out_dir / f"{b.name}.results.json", results.as_dict())
     atomic_write(out_dir / f"{b.name}.results.md", results.markdown.encode())
     return results
