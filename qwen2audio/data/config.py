@@ -13,6 +13,7 @@ LONG_AUDIO = ("drop", "truncate")
 ON_BAD_ROW = ("raise", "skip")
 PROMPT_FORMATS = ("auto", "base", "chat")
 TRAIN_ON = ("all", "last")
+ENCODER_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -48,6 +49,10 @@ class DataConfig:
     #                              pretraining, chat for SFT
     train_on: str = "all"  # chat rows: loss on "all" assistant turns, or on the "last" one only
     answer_suffix: str = "<|endoftext|>"  # closes a base-format answer (the base model's end of text)
+    encoder_cache: str | None = None  # a frozen encoder's outputs computed once per clip and kept in this folder
+    #                                   (auto: out_dir/encoder-cache; give one path to every stage to share it)
+    encoder_cache_dtype: str = "auto"  # float32 | bfloat16 | float16; auto: bfloat16 under bf16 precisions (exact:
+    #                                    the projector casts its input to bf16 there), float32 under 32-true
 
     def __post_init__(self):
         for name, allowed in (("padding_side", PADDING_SIDES), ("truncation", TRUNCATIONS),
@@ -58,5 +63,8 @@ class DataConfig:
         for name in ("batch_size", "max_length", "bucket_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {getattr(self, name)}")
+        if self.encoder_cache_dtype not in ENCODER_CACHE_DTYPES:
+            raise ValueError(f"data.encoder_cache_dtype must be one of {', '.join(ENCODER_CACHE_DTYPES)}, not "
+                             f"{self.encoder_cache_dtype!r}")
         if self.num_workers < 0 or self.prefetch_batches < 1:
             raise ValueError("data.num_workers must be >= 0 and data.prefetch_batches >= 1")

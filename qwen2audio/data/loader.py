@@ -12,7 +12,9 @@ with accumulation A*W sees. The position of a run is one number, the micro-batch
 at the start of its pool (`Planner.state_at`), so a resumed run continues at the same row.
 
 The workers decode audio and compute log-mel features, expand each <|AUDIO|> to `audio_token_count(frames)` copies,
-apply the length policy (never cutting inside an audio span) and collate with left or right padding.
+apply the length policy (never cutting inside an audio span) and collate with left or right padding. With an encoder
+cache (`feature_cache.FeatureCache`: a frozen encoder's outputs computed once per clip) they read each clip's encoder
+frames instead of decoding it, and the batch carries `audio_frames` in place of log-mel features.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from __future__ import annotations
 import random
 import warnings
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,6 +36,7 @@ from ..model import IGNORE_INDEX, audio_token_count, mel_frames_needed
 from ..tokenizer import Tokenizer
 from .config import SourceConfig
 from .encode import Encoded, EncodedPair, Encoder, expand_audio, safe_cut
+from .feature_cache import FeatureCache
 from .manifest import Mixture, decode_json
 from .rows import RowError, parse_row
 
@@ -156,20 +159,23 @@ class Batch:
     rows: list[str] = field(default_factory=list)  # file:line of each sample
     stats: dict[str, int] = field(default_factory=dict)
     index: int = -1  # global micro-batch index
+    audio_frames: torch.Tensor | None = None  # [sum of audio tokens, audio dim]: cached encoder outputs, clip after
+    #                                           clip (then input_features is None)
+
+    TENSORS = ("input_ids", "attention_mask", "labels", "input_features", "feature_attention_mask", "audio_frames")
 
     @property
     def n_samples(self) -> int:
         return len(self.rows)
 
+    def _map(self, f) -> "Batch":
+        return replace(self, **{k: None if getattr(self, k) is None else f(getattr(self, k)) for k in self.TENSORS})
+
     def to(self, device, non_blocking: bool = False) -> "Batch":
-        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
-        return Batch(move(self.input_ids), move(self.attention_mask), move(self.labels), move(self.input_features),
-                     move(self.feature_attention_mask), self.audio_repeat, self.rows, self.stats, self.index)
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "Batch":
-        pin = lambda t: None if t is None else t.pin_memory()  # noqa: E731
-        return Batch(pin(self.input_ids), pin(self.attention_mask), pin(self.labels), pin(self.input_features),
-                     pin(self.feature_attention_mask), self.audio_repeat, self.rows, self.stats, self.index)
+        return self._map(lambda t: t.pin_memory())
 
 
 @dataclass
@@ -187,6 +193,7 @@ class BatchLoader:
     truncation: str = "drop"
     long_audio: str = "drop"
     on_bad_row: str = "raise"
+    encoder_cache: FeatureCache | None = None  # read the clips' encoder frames instead of decoding the audio
 
     @classmethod
     def from_tokenizer(cls, tokenizer: Tokenizer, **options) -> "BatchLoader":
@@ -201,11 +208,14 @@ class BatchLoader:
 
     def load(self, plan: Plan) -> Batch:
         stats = Counter(plan.stats)
-        loaded = [(s, w) for s in plan.samples if (w := self._load_audios(s, stats)) is not None]
+        load = self._load_audios if self.encoder_cache is None else self._cached_audios
+        loaded = [(s, w) for s in plan.samples if (w := load(s, stats)) is not None]
         waves = [w for _, ws in loaded for w in ws]
         counts: list[int] = []
         features = frame_mask = None
-        if waves:
+        if waves and self.encoder_cache is not None:
+            features, counts = waves, [len(w) for w in waves]  # encoder frames per clip: the counts themselves
+        elif waves:
             features, frame_mask = log_mel_spectrogram(waves, n_mels=self.n_mels)
             counts = audio_token_count(frame_mask.sum(-1)).tolist()
         rows, kept_audio, refs = [], [], []
@@ -244,6 +254,30 @@ class BatchLoader:
             stats["truncated_long_audio"] += 1
             waves = [w[:N_SAMPLES] for w in waves]
         return waves
+
+    def _cached_audios(self, sample, stats: Counter) -> list[torch.Tensor] | None:
+        """The sample's clips as cached encoder frames, under the same long-audio policy as _load_audios."""
+        cache = self.encoder_cache
+        entries = []
+        for a in sample.audios:
+            try:
+                entry = cache.lookup(cache.key_of(a))
+            except AudioError as e:
+                entry, why = None, f"audio: {e}"
+            else:
+                why = "audio: not in the encoder cache (unreadable when the cache was filled, or changed since)"
+            if entry is None:
+                if self.on_bad_row == "raise":
+                    raise RowError(str(sample.ref), why)
+                stats["skipped_audio"] += 1
+                return None
+            entries.append(entry)
+        if any(e.samples > N_SAMPLES for e in entries):
+            if self.long_audio == "drop":
+                stats["dropped_long_audio"] += 1
+                return None
+            stats["truncated_long_audio"] += 1  # the entry was computed from the first 30 s
+        return [cache.read(e) for e in entries]
 
     def _fit(self, sample, counts: list[int], stats: Counter):
         """Expand the audio and apply max_length -> ([(ids, supervised)...], audios kept) or None (dropped)."""
@@ -289,6 +323,9 @@ class BatchLoader:
             labels[i, span] = torch.where(torch.tensor(sup, dtype=torch.bool), ids_t, IGNORE_INDEX)
         if not kept_audio:
             return Batch(input_ids, attention_mask, labels, None, None)
+        if frame_mask is None:  # cached encoder frames, one tensor per clip
+            return Batch(input_ids, attention_mask, labels, None, None,
+                         audio_frames=torch.cat([features[i] for i in kept_audio]))
         keep = torch.tensor(kept_audio)
         lengths = frame_mask[keep].sum(-1)
         width = int(mel_frames_needed(lengths).clamp(max=features.shape[-1]).max())

@@ -44,15 +44,23 @@ class Qwen2Audio(nn.Module):
         Only the frames that carry a valid position are encoded (the padding past the longest clip is skipped); the
         rows come out clip after clip, `audio_token_count(valid frames)` rows each.
         """
+        return self.projector(self.encoder_frames(input_features, feature_attention_mask))
+
+    def encoder_frames(self, input_features: torch.Tensor, feature_attention_mask: torch.Tensor | None = None):
+        """The audio encoder's valid output frames, before the projector: [sum of tokens, audio dim], clip after clip.
+
+        Under the padding mask they depend on each clip's own valid frames only, so a frozen encoder's frames can be
+        computed once per clip and projected later (`projector(frames)` = `encode_audio`)."""
         if feature_attention_mask is None:
             lengths = torch.full(input_features.shape[:1], input_features.shape[-1], device=input_features.device)
         else:
             lengths = feature_attention_mask.sum(-1)
+        device = self.audio_encoder.conv1.weight.device  # the model's device (a filling pass may move the encoder)
         needed = min(int(mel_frames_needed(lengths).max()), input_features.shape[-1])
-        frames = self.audio_encoder(input_features[:, :, :needed].to(self.device), lengths.to(self.device))
-        counts = audio_token_count(lengths.to(self.device))
+        frames = self.audio_encoder(input_features[:, :, :needed].to(device), lengths.to(device))
+        counts = audio_token_count(lengths.to(device))
         keep = torch.arange(frames.shape[1], device=frames.device) < counts[:, None]
-        return self.projector(frames[keep])
+        return frames[keep]
 
     def embed(self, input_ids, input_features=None, feature_attention_mask=None) -> torch.Tensor:
         """Token embeddings with the projected audio frames written over the <|AUDIO|> placeholders, in order."""

@@ -30,6 +30,7 @@ from .checkpointing import clean_partial, latest_checkpoint, load_checkpoint, sa
 from .config import TrainConfig, to_yaml
 from .distributed import (Dist, all_reduce_sum, barrier, broadcast_object, init_distributed, no_sync,
                           shard_layers, wrap)
+from .encoder_cache import prepare_encoder_cache
 from .lora import adapters_disabled, lora_scalings, merge_lora_state_dict
 from .metrics import MetricsWriter
 from .model import TokenLogProbs, has_only_adapters_trainable, part_of, prepare, trainable_counts
@@ -110,8 +111,10 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
     want_copy = config.stage == "dpo" and _reference_kind(config) == "copy"
     prepared = prepare(config.model, config.train.seed, reference_copy=want_copy)
     model = prepared.model
+    writer = MetricsWriter(Path(config.out_dir), enabled=d.is_main, tensorboard=config.logging.tensorboard)
+    encoder_cache = prepare_encoder_cache(config, model, d, writer.note)  # before sharding: the whole encoder runs
     module = TokenLogProbs(model)
-    module.keep_encoder_in_graph = d.world_size > 1
+    module.keep_encoder_in_graph = d.world_size > 1 and ("projector" if encoder_cache else True)
     if d.strategy != "fsdp":
         module.to(d.device)
     module = wrap(module, d, shard_layers(model))
@@ -125,13 +128,14 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
         lr_factor, warmup=o.warmup_steps, max_steps=config.train.max_steps, min_ratio=o.min_lr_ratio))
 
-    encoder, batch_loader, planner = build_data(config, stage, prepared.processor.tokenizer, model, d)
+    encoder, batch_loader, planner = build_data(config, stage, prepared.processor.tokenizer, model, d,
+                                                encoder_cache)
     out = Path(config.out_dir)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "config.yaml", to_yaml(config).encode())
-    run = Run(config, d, model, module, optimizer, scheduler, stage, planner, batch_loader, encoder,
-              MetricsWriter(out, enabled=d.is_main, tensorboard=config.logging.tensorboard), list(hooks))
+    run = Run(config, d, model, module, optimizer, scheduler, stage, planner, batch_loader, encoder, writer,
+              list(hooks))
     if isinstance(reference, dpo.PrecomputedReference):
         precompute_reference(run, reference)  # with the starting weights: before any checkpoint is loaded
     clean_partial(out / "checkpoints", d)
@@ -147,8 +151,9 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
     return run
 
 
-def build_data(config: TrainConfig, stage: Stage, tokenizer, model, d: Dist):
-    """Rows -> encoded samples (Encoder), micro-batch plans (Planner), loaded batches (BatchLoader)."""
+def build_data(config: TrainConfig, stage: Stage, tokenizer, model, d: Dist, encoder_cache=None):
+    """Rows -> encoded samples (Encoder), micro-batch plans (Planner), loaded batches (BatchLoader: from the audio,
+    or from `encoder_cache`)."""
     if tokenizer.audio_token_id != model.config.audio_token_id:
         raise ValueError(f"the tokenizer's <|AUDIO|> id {tokenizer.audio_token_id} differs from the model's "
                          f"{model.config.audio_token_id}")
@@ -158,7 +163,7 @@ def build_data(config: TrainConfig, stage: Stage, tokenizer, model, d: Dist):
                       seed=config.train.seed, preference=stage.preference_data)
     batch_loader = BatchLoader.from_tokenizer(
         tokenizer, n_mels=model.config.audio.n_mels, max_length=dc.max_length, padding_side=dc.padding_side,
-        truncation=dc.truncation, long_audio=dc.long_audio, on_bad_row=dc.on_bad_row)
+        truncation=dc.truncation, long_audio=dc.long_audio, on_bad_row=dc.on_bad_row, encoder_cache=encoder_cache)
     planner = Planner(dc.train, encoder, dc.batch_size, dc.bucket_batches, config.train.seed, dc.on_bad_row,
                       cycle=True, rank=d.rank, world_size=d.world_size)
     return encoder, batch_loader, planner

@@ -33,19 +33,32 @@ class TokenLogProbs(nn.Module):
     def __init__(self, model: Qwen2Audio):
         super().__init__()
         self.model = model
-        self.keep_encoder_in_graph = False  # distributed runs: run the encoder even without audio (see forward)
+        self.keep_encoder_in_graph = False  # distributed runs: run the encoder even without audio (see forward);
+        #                                     "projector": only the projector (the encoder's outputs are cached)
 
     def forward(self, input_ids, attention_mask, labels, input_features=None, feature_attention_mask=None,
-                audio_repeat: int = 1) -> torch.Tensor:
+                audio_repeat: int = 1, audio_frames=None) -> torch.Tensor:
+        """audio_frames: the audio encoder's outputs, cached (`data.encoder_cache`), in place of input_features."""
         m = self.model
         embeds = m.decoder.embed_tokens(input_ids)  # [R, T, dim]
-        if input_features is not None:
+        if audio_frames is not None:
+            projector_dtype = m.projector.linear.weight.dtype  # under autocast the Linear casts to bf16 as before
+            audio = m.projector(audio_frames.to(projector_dtype)).repeat(audio_repeat, 1)
+            is_audio = (input_ids == m.config.audio_token_id)[..., None]
+            if audio.shape[0] != int(is_audio.sum()):
+                raise ValueError(f"the batch holds {int(is_audio.sum())} <|AUDIO|> tokens but its cached audio "
+                                 f"gives {audio.shape[0]} frames")
+            embeds = embeds.masked_scatter(is_audio, audio.to(embeds.dtype))
+        elif input_features is not None:
             audio = m.encode_audio(input_features, feature_attention_mask).repeat(audio_repeat, 1)
             is_audio = (input_ids == m.config.audio_token_id)[..., None]
             if audio.shape[0] != int(is_audio.sum()):
                 raise ValueError(f"the batch holds {int(is_audio.sum())} <|AUDIO|> tokens but its audio gives "
                                  f"{audio.shape[0]} frames")
             embeds = embeds.masked_scatter(is_audio, audio.to(embeds.dtype))
+        elif self.keep_encoder_in_graph == "projector":  # the encoder's outputs are cached: it never runs
+            silent = torch.zeros(1, m.config.audio.dim, device=embeds.device, dtype=m.projector.linear.weight.dtype)
+            embeds = embeds + 0.0 * m.projector(silent).sum()
         elif self.keep_encoder_in_graph:
             # every process must run the same sharded modules, and DDP wants a gradient for every trainable
             # weight: a batch without audio runs the encoder on three silent frames, at zero weight

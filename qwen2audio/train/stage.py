@@ -39,4 +39,4 @@ def supervised_tokens(labels: torch.Tensor, attention_mask: torch.Tensor) -> tor
 
 def forward(module, batch: Batch) -> torch.Tensor:
     return module(batch.input_ids, batch.attention_mask, batch.labels, batch.input_features,
-                  batch.feature_attention_mask, batch.audio_repeat)
+                  batch.feature_attention_mask, batch.audio_repeat, batch.audio_frames)
