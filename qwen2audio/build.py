@@ -23,11 +23,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import re
+import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -36,6 +39,7 @@ from .checkpoint import (CONFIG_NAME, DEFAULT_SHARD_SIZE, DTYPE_NAMES, Checkpoin
                          checkpoint_files, default_generation_config, hf_to_ours, iter_safetensors, name_rules,
                          ours_to_hf, rename)
 from .model import AudioEncoder, AudioEncoderConfig, Qwen2, Qwen2AudioConfig, TextConfig
+from .model.qwen2 import RMSNorm
 from .processor import Processor
 from .tokenizer import ASSETS_DIR, Tokenizer
 
@@ -216,12 +220,171 @@ def read_openai_whisper(path: Path) -> tuple[AudioEncoderConfig, dict[str, torch
                                  source_name=lambda hub: rename(hub[len(AUDIO_TOWER):], _OPENAI_NAMES) or hub)
 
 
+# CTranslate2 (faster-whisper) directories: model.bin + config.json (SPEC §7). The file is read with numpy, never with
+# ctranslate2 itself. Variable name under `encoder/` -> transformers' Whisper encoder name ('{}' = layer index).
+CT2_MODEL_FILE = "model.bin"
+CT2_BINARY_VERSION = 6  # the layout read here (CTranslate2 3.x and 4.x write it)
+CT2_SPEC = "WhisperSpec"
+CT2_DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16, 5: "bfloat16"}  # DataType enum
+CT2_FLOAT_DTYPES = (0, 4, 5)
+CT2_TO_HF_WHISPER: dict[str, str] = {
+    "encoder/conv1/weight": "conv1.weight", "encoder/conv1/bias": "conv1.bias",
+    "encoder/conv2/weight": "conv2.weight", "encoder/conv2/bias": "conv2.bias",
+    "encoder/position_encodings/encodings": "embed_positions.weight",  # Whisper's sinusoids as stored (fp16)
+    "encoder/layer_{}/self_attention/linear_1/weight": "layers.{}.self_attn.out_proj.weight",
+    "encoder/layer_{}/self_attention/linear_1/bias": "layers.{}.self_attn.out_proj.bias",
+    "encoder/layer_{}/self_attention/layer_norm/gamma": "layers.{}.self_attn_layer_norm.weight",
+    "encoder/layer_{}/self_attention/layer_norm/beta": "layers.{}.self_attn_layer_norm.bias",
+    "encoder/layer_{}/ffn/linear_0/weight": "layers.{}.fc1.weight",
+    "encoder/layer_{}/ffn/linear_0/bias": "layers.{}.fc1.bias",
+    "encoder/layer_{}/ffn/linear_1/weight": "layers.{}.fc2.weight",
+    "encoder/layer_{}/ffn/linear_1/bias": "layers.{}.fc2.bias",
+    "encoder/layer_{}/ffn/layer_norm/gamma": "layers.{}.final_layer_norm.weight",
+    "encoder/layer_{}/ffn/layer_norm/beta": "layers.{}.final_layer_norm.bias",
+    "encoder/layer_norm/gamma": "layer_norm.weight", "encoder/layer_norm/beta": "layer_norm.bias",
+}
+_CT2_RULES = name_rules(CT2_TO_HF_WHISPER)
+_CT2_NAMES = name_rules({hf: ct2 for ct2, hf in CT2_TO_HF_WHISPER.items()})
+CT2_FUSED_QKV = re.compile(r"^encoder/layer_(\d+)/self_attention/linear_0/(weight|bias)$")  # rows q | k | v
+CT2_NUM_HEADS = "encoder/num_heads"
+
+
+class _Ct2File:
+    """A cursor over model.bin's bytes that turns every short read into a CheckpointError naming the file."""
+
+    def __init__(self, path: Path):
+        self.path, self.data, self.pos = path, np.memmap(path, dtype=np.uint8, mode="r"), 0
+
+    def take(self, n: int, what: str) -> np.ndarray:
+        if self.pos + n > len(self.data):
+            raise CheckpointError(f"{self.path}: truncated at byte {len(self.data)} while reading {what} (needs "
+                                  f"{self.pos + n}); copy or convert the model again")
+        out = self.data[self.pos:self.pos + n]
+        self.pos += n
+        return out
+
+    def uint(self, fmt: str, what: str) -> int:
+        return struct.unpack("<" + fmt, self.take(struct.calcsize(fmt), what).tobytes())[0]
+
+    def string(self, what: str) -> str:
+        raw = self.take(self.uint("H", what), what).tobytes()
+        if not raw.endswith(b"\0"):
+            raise CheckpointError(f"{self.path}: {what} is not a NUL-terminated string at byte {self.pos}: the file "
+                                  "is not a CTranslate2 model or is corrupt")
+        return raw[:-1].decode("utf-8", errors="replace")
+
+
+def read_ct2_variables(path: Path, wanted: Callable[[str], bool]) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The variables of a CTranslate2 model.bin whose names pass `wanted` (each a copy, in its stored dtype; bfloat16
+    as a torch tensor since numpy has none), and a header {version, spec, revision, dtypes: name -> DataType id}."""
+    f = _Ct2File(path)
+    version = f.uint("I", "the format version")
+    if version != CT2_BINARY_VERSION:
+        raise CheckpointError(f"{path}: CTranslate2 format version {version}, but this reader knows version "
+                              f"{CT2_BINARY_VERSION} only: not a CTranslate2 model.bin, or convert it with CTranslate2 "
+                              ">= 3 (ct2-transformers-converter)")
+    spec = f.string("the spec name")
+    revision = f.uint("I", "the spec revision")
+    if spec != CT2_SPEC:
+        raise CheckpointError(f"{path}: a CTranslate2 {spec!r} model, not a Whisper one ({CT2_SPEC})")
+    variables, dtypes = {}, {}
+    for i in range(f.uint("I", "the variable count")):
+        name = f.string(f"the name of variable {i}")
+        rank = f.uint("B", f"the rank of {name}")
+        shape = [f.uint("I", f"the dimensions of {name}") for _ in range(rank)]
+        type_id = f.uint("B", f"the dtype of {name}")
+        n_bytes = f.uint("I", f"the size of {name}")
+        raw = f.take(n_bytes, f"the data of {name}")
+        if type_id not in CT2_DTYPES:
+            raise CheckpointError(f"{path}: variable {name} has unknown dtype id {type_id}")
+        dtypes[name] = type_id
+        if not wanted(name):
+            continue
+        dtype = CT2_DTYPES[type_id]
+        itemsize = 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+        if n_bytes != int(np.prod(shape)) * itemsize:
+            raise CheckpointError(f"{path}: variable {name} holds {n_bytes} bytes, but shape {shape} needs "
+                                  f"{int(np.prod(shape)) * itemsize}: the file is corrupt")
+        if dtype == "bfloat16":
+            variables[name] = torch.from_numpy(raw.view(np.int16).reshape(shape).copy()).view(torch.bfloat16)
+        else:
+            variables[name] = raw.view(dtype).reshape(shape).copy()
+    for _ in range(f.uint("I", "the alias count")):  # aliases share a stored variable (the tied decoder head)
+        f.string("an alias"), f.string("an alias target")
+    return variables, {"version": version, "spec": spec, "revision": revision, "dtypes": dtypes}
+
+
+def _ct2_tensor(value) -> torch.Tensor:
+    return value if isinstance(value, torch.Tensor) else torch.from_numpy(value)
+
+
+def read_ct2_whisper(path: Path) -> tuple[AudioEncoderConfig, dict[str, torch.Tensor]]:
+    """A CTranslate2 / faster-whisper Whisper directory (model.bin + config.json): the fused q|k|v projection of each
+    layer is split (its k bias, always zero in a converted Whisper, is dropped: a key bias adds the same q.b to every
+    key's score and cannot change attention); the stored position table is used as it is (SPEC §7)."""
+    model_bin = path / CT2_MODEL_FILE
+    variables, header = read_ct2_variables(model_bin, lambda name: name.startswith("encoder/"))
+    quantised = sorted({name for name, t in header["dtypes"].items()
+                        if name.startswith("encoder/") and name.endswith("weight") and t not in CT2_FLOAT_DTYPES})
+    if quantised:
+        raise CheckpointError(f"{model_bin}: a quantised CTranslate2 model ({quantised[0]} is "
+                              f"{np.dtype(CT2_DTYPES[header['dtypes'][quantised[0]]]).name}); build from a float16 or "
+                              "float32 conversion (ct2-transformers-converter without --quantization)")
+    for name in ("encoder/conv1/weight", "encoder/position_encodings/encodings", CT2_NUM_HEADS):
+        if name not in variables:
+            raise CheckpointError(f"{model_bin}: no variable {name}: not a Whisper model this reader knows "
+                                  f"({CT2_SPEC} revision {header['revision']})")
+    dim, n_mels, _ = variables["encoder/conv1/weight"].shape
+    layers = sorted({int(m.group(1)) for name in variables if (m := re.match(r"encoder/layer_(\d+)/", name))})
+    fc1 = variables.get("encoder/layer_0/ffn/linear_0/weight")
+    config = AudioEncoderConfig(n_mels=int(n_mels), dim=int(dim), n_layers=len(layers),
+                                n_heads=int(variables[CT2_NUM_HEADS].reshape(-1)[0]),
+                                ffn_dim=int(fc1.shape[0]) if fc1 is not None else 4 * int(dim),
+                                n_positions=int(variables["encoder/position_encodings/encodings"].shape[0]))
+
+    def tensors():
+        for name, value in variables.items():
+            t = _ct2_tensor(value)
+            fused = CT2_FUSED_QKV.match(name)
+            if fused is None:
+                yield model_bin, name, t
+                continue
+            layer, kind = fused.groups()
+            if t.shape[0] % 3:
+                raise CheckpointError(f"{model_bin}: {name} has {t.shape[0]} rows, not 3 x d (fused q|k|v)")
+            for proj, part in zip(("q", "k", "v"), t.chunk(3)):
+                if not (proj == "k" and kind == "bias"):
+                    yield model_bin, f"encoder/layer_{layer}/self_attention/{proj}_proj/{kind}", part
+
+    def to_hub(key: str) -> str | None:
+        if key == CT2_NUM_HEADS or not key.startswith("encoder/"):
+            return None  # the head count is config; the decoder is not read
+        split = re.match(r"^encoder/layer_(\d+)/self_attention/([qkv])_proj/(weight|bias)$", key)
+        if split:
+            return AUDIO_TOWER + f"layers.{split[1]}.self_attn.{split[2]}_proj.{split[3]}"
+        return AUDIO_TOWER + (rename(key, _CT2_RULES) or key)
+
+    def source_name(hub: str) -> str:
+        name = hub[len(AUDIO_TOWER):]
+        if m := re.match(r"^layers\.(\d+)\.self_attn\.[qkv]_proj\.(weight|bias)$", name):
+            return f"encoder/layer_{m[1]}/self_attention/linear_0/{m[2]}"
+        return rename(name, _CT2_NAMES) or hub
+
+    return config, checked_state(tensors(), to_hub, encoder_shapes(config), model_bin, source_name=source_name)
+
+
+def _is_ct2_dir(path: Path) -> bool:
+    return path.is_dir() and (path / CT2_MODEL_FILE).is_file()
+
+
 # Tried in order; the first whose detect() is true reads the path.
 ENCODER_FORMATS: list[EncoderFormat] = [
     EncoderFormat("hf-whisper", "a transformers Whisper directory (config.json with model_type 'whisper' + "
                   "*.safetensors)", _has_model_type, read_hf_whisper),
     EncoderFormat("openai-whisper", "an openai-whisper .pt file ({'dims', 'model_state_dict'})",
                   lambda p: p.is_file() and p.suffix in (".pt", ".pth"), read_openai_whisper),
+    EncoderFormat("ct2-whisper", "a CTranslate2 / faster-whisper directory (model.bin + config.json)", _is_ct2_dir,
+                  read_ct2_whisper),
 ]
 
 
@@ -304,6 +467,70 @@ def rms(weight: torch.Tensor) -> float:
     return (sum(chunk.double().pow(2).sum() for chunk in weight.split(ROW_CHUNK)) / weight.numel()).sqrt().item()
 
 
+# -- a new language model, trained from scratch --------------------------------------------------------------------
+
+# Qwen2 config.json fields that `--llm-config` may set; the vocabulary always comes from the tokenizer
+LLM_CONFIG_FIELDS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+                     "intermediate_size", "tie_word_embeddings", "rope_theta", "max_position_embeddings",
+                     "rms_norm_eps", "initializer_range", "head_dim")
+LLM_CONFIG_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
+INITIALIZER_RANGE = 0.02  # Qwen2Config's initializer_range: the std of every initial weight matrix
+LLM_SEED_OFFSET = 1  # the new LM draws from seed + 1, so that its numbers never repeat the projector's (seed)
+
+
+def read_llm_spec(spec: str | Path | dict) -> dict[str, Any]:
+    """`--llm-config`: a JSON file, inline JSON, or a dict of Qwen2 config.json fields (LLM_CONFIG_FIELDS)."""
+    if isinstance(spec, dict):
+        raw = spec
+    else:
+        text = str(spec)
+        path = Path(text)
+        if not text.lstrip().startswith("{") and not path.is_file():
+            raise CheckpointError(f"--llm-config {text!r} is neither a JSON file nor inline JSON (e.g. "
+                                  "'{\"hidden_size\": 256, ...}')")
+        source = path if not text.lstrip().startswith("{") else "--llm-config"
+        try:
+            raw = json.loads(path.read_text() if source is path else text)
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{source}: invalid JSON ({e})") from None
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{source}: a JSON object of Qwen2 config fields is needed, got {type(raw).__name__}")
+    if unknown := sorted(set(raw) - set(LLM_CONFIG_FIELDS)):
+        hint = " (the vocabulary comes from the tokenizer)" if "vocab_size" in unknown else ""
+        raise CheckpointError(f"--llm-config: unknown field(s) {', '.join(unknown)}{hint}; known: "
+                              f"{', '.join(LLM_CONFIG_FIELDS)}")
+    if missing := [f for f in LLM_CONFIG_REQUIRED if f not in raw]:
+        raise CheckpointError(f"--llm-config: give {', '.join(missing)} (required: {', '.join(LLM_CONFIG_REQUIRED)})")
+    return dict(raw)
+
+
+def new_qwen2(spec: str | Path | dict, vocab_size: int, seed: int = 0) -> tuple[TextConfig, dict[str, torch.Tensor]]:
+    """A Qwen2 LM initialised as transformers' Qwen2PreTrainedModel does: every Linear weight and the embeddings
+    N(0, initializer_range^2), biases 0, RMSNorm scales 1; the head tied to the embeddings or drawn like them.
+    Seeded: the same spec, vocabulary and seed give the same weights. Returns its config and tensors (`decoder.*`)."""
+    fields = read_llm_spec(spec)
+    try:
+        text = Qwen2AudioConfig.from_hf_dict({"text_config": {**fields, "vocab_size": vocab_size}}).text
+    except (ValueError, TypeError) as e:
+        raise CheckpointError(f"--llm-config: {e}") from None
+    for name in ("dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "max_positions"):
+        if not (isinstance(getattr(text, name), int) and getattr(text, name) > 0):
+            raise CheckpointError(f"--llm-config: {name} must be a positive integer, got {getattr(text, name)!r}")
+    std = float(fields.get("initializer_range", INITIALIZER_RANGE))
+    text.extra["initializer_range"] = std
+    generator = torch.Generator().manual_seed(seed + LLM_SEED_OFFSET)
+    model = Qwen2(text)
+    with torch.no_grad():
+        for module in model.modules():  # module order: the same draws every time
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                module.weight.copy_(torch.randn(module.weight.shape, generator=generator) * std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                module.bias.zero_()
+            if isinstance(module, RMSNorm):
+                module.weight.fill_(1.0)
+    return text, {"decoder." + name: t for name, t in model.state_dict().items()}
+
+
 # -- the new parts ----------------------------------------------------------------------------------------------------
 
 def init_projector(norm_weight: torch.Tensor, norm_bias: torch.Tensor, embeddings: torch.Tensor,
@@ -369,24 +596,43 @@ def tokenizer_notes(llm_dir: Path, tokenizer: Tokenizer) -> list[str]:
 
 # -- building -------------------------------------------------------------------------------------------------------
 
-def build_model(encoder_path: str | Path, llm_path: str | Path, dtype: torch.dtype | str | None = None,
-                seed: int = 0, log: Log = lambda line: None) -> Qwen2AudioForConditionalGeneration:
+def build_model(encoder_path: str | Path, llm_path: str | Path | None = None, dtype: torch.dtype | str | None = None,
+                seed: int = 0, log: Log = lambda line: None,
+                llm_config: str | Path | dict | None = None) -> Qwen2AudioForConditionalGeneration:
     """An untrained Qwen2-Audio: Whisper's encoder (any format of ENCODER_FORMATS), a new projector (`init_projector`,
-    seeded) and the Qwen2 LM of `llm_path`, with Qwen2-Audio's tokenizer and a preprocessor for Whisper's mel count.
+    seeded) and a Qwen2 LM: the checkpoint at `llm_path`, or a new one from the fields `llm_config` gives
+    (`new_qwen2`, seeded, trained from scratch); with Qwen2-Audio's tokenizer and a preprocessor for Whisper's mel
+    count.
 
-    dtype: of every weight; None takes the LLM checkpoint's. `log` receives one line per decision made.
-    Tensors stay memory-mapped views of the source files where their dtype already fits, so building takes about
-    one copy of the weights.
+    dtype: of every weight; None takes the LLM checkpoint's (float32 for a new LM). `log` receives one line per
+    decision made. Tensors stay memory-mapped views of the source files where their dtype already fits, so building
+    takes about one copy of the weights.
     """
+    if (llm_path is None) == (llm_config is None):
+        raise CheckpointError("give the language model either as a checkpoint (--llm) or as a config to train from "
+                              "scratch (--llm-config): exactly one of the two")
     audio, audio_state, fmt = read_encoder(encoder_path)
     log(f"encoder    {fmt.name} {encoder_path}: {audio.n_mels} mels, d {audio.dim}, {audio.n_layers} layers, "
         f"{audio.n_heads} heads, ffn {audio.ffn_dim}; Whisper's final layer_norm now follows the 2x pooling")
-    text, text_state, raw = read_qwen2(llm_path, log)
-    log(f"llm        qwen2 {llm_path}: vocab {text.vocab_size}, d {text.dim}, {text.n_layers} layers, "
-        f"{text.n_heads}/{text.n_kv_heads} heads, ffn {text.ffn_dim}, {'tied' if text.tie_embeddings else 'untied'}")
     tokenizer = Tokenizer.from_pretrained()
-    for line in tokenizer_notes(Path(llm_path), tokenizer):
-        log(line)
+    if llm_path is None:
+        rows = -(-len(tokenizer) // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+        text, text_state = new_qwen2(llm_config, rows, seed)
+        raw: dict[str, Any] = {}
+        log(f"llm        new Qwen2, seed {seed + LLM_SEED_OFFSET}: vocab {text.vocab_size} (the tokenizer's "
+            f"{len(tokenizer)} tokens, a multiple of {VOCAB_MULTIPLE}), d {text.dim}, {text.n_layers} layers, "
+            f"{text.n_heads}/{text.n_kv_heads} heads, ffn {text.ffn_dim}, "
+            f"{'tied' if text.tie_embeddings else 'untied'}, rope {text.rope_theta:g}, eps {text.norm_eps:g}; "
+            f"weights N(0, {text.extra['initializer_range']:g}^2), biases 0, norms 1 (as transformers initialises "
+            "Qwen2): untrained, to be trained from scratch")
+        log(f"tokenizer  Qwen2-Audio's (bundled, {len(tokenizer)} tokens)")
+    else:
+        text, text_state, raw = read_qwen2(llm_path, log)
+        log(f"llm        qwen2 {llm_path}: vocab {text.vocab_size}, d {text.dim}, {text.n_layers} layers, "
+            f"{text.n_heads}/{text.n_kv_heads} heads, ffn {text.ffn_dim}, "
+            f"{'tied' if text.tie_embeddings else 'untied'}")
+        for line in tokenizer_notes(Path(llm_path), tokenizer):
+            log(line)
 
     n_bpe = tokenizer.backend.get_vocab_size(with_added_tokens=False)
     if text.vocab_size < n_bpe:
@@ -410,7 +656,7 @@ def build_model(encoder_path: str | Path, llm_path: str | Path, dtype: torch.dty
     model.load_state_dict(state, assign=True)
     model.audio_encoder.positional_embedding.requires_grad_(False)
     model.processor = Processor(tokenizer, n_mels=audio.n_mels)
-    model.generation_config = default_generation_config()
+    model.generation_config = default_generation_config(tokenizer)
     return model.eval()
 
 
@@ -423,13 +669,14 @@ def check_out_dir(out: Path, sources: Iterable[Path], force: bool = False) -> No
         raise CheckpointError(f"--out {out} is not empty; choose a new directory, or pass --force to write over it")
 
 
-def build(encoder_path: str | Path, llm_path: str | Path, out: str | Path, dtype: torch.dtype | str | None = None,
-          seed: int = 0, force: bool = False, max_shard_size: int | str = DEFAULT_SHARD_SIZE,
-          log: Log = print) -> Path:
+def build(encoder_path: str | Path, llm_path: str | Path | None, out: str | Path,
+          dtype: torch.dtype | str | None = None, seed: int = 0, force: bool = False,
+          max_shard_size: int | str = DEFAULT_SHARD_SIZE, log: Log = print,
+          llm_config: str | Path | dict | None = None) -> Path:
     """`build_model`, then save it in the hub layout (weights, config, generation config, tokenizer, preprocessor)."""
     out = Path(out)
-    check_out_dir(out, [Path(encoder_path), Path(llm_path)], force)
-    model = build_model(encoder_path, llm_path, dtype=dtype, seed=seed, log=log)
+    check_out_dir(out, [Path(encoder_path)] + ([Path(llm_path)] if llm_path is not None else []), force)
+    model = build_model(encoder_path, llm_path, dtype=dtype, seed=seed, log=log, llm_config=llm_config)
     model.save_pretrained(out, max_shard_size=max_shard_size)
     dtype_name = next(n for n, d in DTYPE_NAMES.items() if d == model.dtype)
     log(f"wrote      {out}: {model.num_parameters():,} parameters, {dtype_name}, hub layout; untrained: the projector "
@@ -439,14 +686,19 @@ def build(encoder_path: str | Path, llm_path: str | Path, out: str | Path, dtype
 
 def cmd_build(args) -> None:
     build(args.encoder, args.llm, args.out, dtype=args.dtype, seed=args.seed, force=args.force,
-          max_shard_size=args.max_shard_size)
+          max_shard_size=args.max_shard_size, llm_config=args.llm_config)
 
 
 def build_args(p) -> None:
     p.add_argument("--encoder", required=True, help="Whisper: " + "; or ".join(f.looks_like for f in ENCODER_FORMATS))
-    p.add_argument("--llm", required=True, help="Qwen2 / Qwen2.5 Qwen2ForCausalLM directory (safetensors)")
+    llm = p.add_mutually_exclusive_group(required=True)
+    llm.add_argument("--llm", help="Qwen2 / Qwen2.5 Qwen2ForCausalLM directory (safetensors)")
+    llm.add_argument("--llm-config", metavar="SPEC",
+                     help="a new LM trained from scratch: a JSON file or inline JSON of Qwen2 config fields ("
+                          + ", ".join(LLM_CONFIG_FIELDS) + "; required: " + ", ".join(LLM_CONFIG_REQUIRED) + ")")
     p.add_argument("--out", required=True, help="new directory for the Qwen2-Audio checkpoint")
-    p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="weights' dtype (default: the LLM's)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the new projector's initialisation")
+    p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="weights' dtype (default: the LLM's; float32 for "
+                   "a new LM)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the new projector's (and a new LM's) initialisation")
     p.add_argument("--force", action="store_true", help="write into a non-empty --out")
     p.add_argument("--max-shard-size", default=str(DEFAULT_SHARD_SIZE), help="e.g. 5GB, 500MB")

@@ -26,7 +26,7 @@ from safetensors.torch import save_file
 
 from .files import atomic_write, atomic_write_json
 from .model import Qwen2Audio, Qwen2AudioConfig
-from .tokenizer import ENDOFTEXT, IM_END, SPECIAL_TOKENS
+from .tokenizer import ENDOFTEXT, IM_END, SPECIAL_TOKENS, Tokenizer
 
 CONFIG_NAME = "config.json"
 GENERATION_CONFIG_NAME = "generation_config.json"
@@ -270,7 +270,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     model.audio_encoder.positional_embedding.requires_grad_(False)
     model.hf_config = raw  # kept so that saving writes back what we do not model
     generation = directory / GENERATION_CONFIG_NAME
-    model.generation_config = json.loads(generation.read_text()) if generation.exists() else default_generation_config()
+    model.generation_config = json.loads(generation.read_text()) if generation.exists() else \
+        default_generation_config(Tokenizer.from_pretrained(directory))  # the ids of this checkpoint's tokenizer
     return model.eval()
 
 
@@ -404,7 +405,9 @@ def save_model(model: Qwen2Audio, path: str | os.PathLike, dtype: torch.dtype | 
     return directory
 
 
-def default_generation_config() -> dict[str, Any]:
+def default_generation_config(tokenizer: Tokenizer | None = None) -> dict[str, Any]:
+    """eos/pad/bos ids of `tokenizer` (a trimmed vocabulary renumbers them), else Qwen2-Audio's (SPECIAL_TOKENS)."""
     # <|endoftext|> pads; <|im_end|> ends an Instruct turn, <|endoftext|> ends base-model output.
-    endoftext, im_end = SPECIAL_TOKENS[ENDOFTEXT], SPECIAL_TOKENS[IM_END]
+    endoftext, im_end = (tokenizer.token_to_id(ENDOFTEXT), tokenizer.token_to_id(IM_END)) if tokenizer else \
+        (SPECIAL_TOKENS[ENDOFTEXT], SPECIAL_TOKENS[IM_END])
     return {"bos_token_id": endoftext, "pad_token_id": endoftext, "eos_token_id": [endoftext, im_end]}

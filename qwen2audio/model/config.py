@@ -94,10 +94,11 @@ class Qwen2AudioConfig:
         if a.get("activation_function", "gelu") != "gelu":
             raise ValueError(f"audio_config.activation_function {a['activation_function']!r} is not supported (gelu)")
         tie = t.pop("tie_word_embeddings", hf.get("tie_word_embeddings", False))
+        n_heads = t.pop("num_attention_heads", 32)
         text = TextConfig(
             vocab_size=t.pop("vocab_size", 151936), dim=t.pop("hidden_size", 4096),
-            n_layers=t.pop("num_hidden_layers", 32), n_heads=t.pop("num_attention_heads", 32),
-            n_kv_heads=t.pop("num_key_value_heads", None) or t.get("num_attention_heads", 32) or 32,
+            n_layers=t.pop("num_hidden_layers", 32), n_heads=n_heads,
+            n_kv_heads=t.pop("num_key_value_heads", None) or n_heads,  # absent or null: multi-head attention
             ffn_dim=t.pop("intermediate_size", 22016), norm_eps=t.pop("rms_norm_eps", 1e-6),
             rope_theta=_rope_theta(t), max_positions=t.pop("max_position_embeddings", 32768),
             tie_embeddings=bool(tie), head_dim=t.pop("head_dim", None), extra=t,
