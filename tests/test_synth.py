@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import random
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import soundfile as sf
 from qwen2audio.audio import SAMPLE_RATE
 from qwen2audio.data.rows import Chat, Preference, TaskRow, parse_row
 from qwen2audio.eval.datasets import get_benchmark, load_manifest
-from qwen2audio.synth import TASKS, corpus, effects, generate, resolve, sounds, speech, tasks, text
+from qwen2audio.synth import TASKS, corpus, effects, generate, resolve, sounds, speech, tasks, text, translation, world
 
 def _missing_engine() -> str | None:
     try:
@@ -141,15 +143,56 @@ def test_question_families_answers_match_the_audio():
         assert item.answer in item.fields["question"]
 
 
-def test_grammar_sentences_split_by_text():
+def _grammar_vocabulary() -> set[str]:
+    words = {w for phrases in text.SLOTS.values() for phrase in phrases for w in phrase.split()}
+    return {w.lower() for w in words | {w for t in text.TEMPLATES for w in text.SLOT.sub(" ", t).split()}}
+
+
+def test_grammar_sentences_split_by_text_and_use_common_words_only():
+    wordfreq = pytest.importorskip("wordfreq")
+    common = set(wordfreq.top_n_list("en", 3000))
+    vocabulary = _grammar_vocabulary()
+    assert not vocabulary - common, sorted(vocabulary - common)
     rng = random.Random(0)
-    train = {text.english_sentence(rng, "train") for _ in range(300)}
-    test = {text.english_sentence(rng, "test") for _ in range(100)}
-    assert not train & test and len(test) > 50
-    vocabulary = {w for words in text.WORDS.values() for phrase in words for w in phrase.split()}
-    vocabulary |= {w for t in text.TEMPLATES for w in t.split() if "{" not in w}
+    train = {text.english_sentence(rng, "train") for _ in range(3000)}
+    test = {text.english_sentence(rng, "test") for _ in range(300)}
+    assert not train & test and len(train) > 2700 and len(test) > 250  # large variety: few repeats
     for sentence in train | test:
-        assert all(w in vocabulary or w.rstrip("s") in vocabulary for w in sentence.split()), sentence
+        assert {w.lower() for w in sentence.split()} <= vocabulary, sentence
+        assert 3 <= len(sentence.split()) <= 14 and " a " + "o" not in sentence  # "an old", not "a old"
+    lengths = Counter(len(s.split()) for s in train)
+    assert len(lengths) >= 8  # statements, questions and requests of many lengths
+    english = {w for pair in (translation.translation_pair(rng, "train") for _ in range(300))
+               for w in pair.english.split()}
+    assert {w.lower() for w in english} <= common  # the translation grammar speaks common words too
+
+
+def test_translation_references_are_in_their_language_and_from_the_same_template():
+    wordfreq = pytest.importorskip("wordfreq")
+    num2words = pytest.importorskip("num2words").num2words
+    rng = random.Random(3)
+    pairs = [translation.translation_pair(rng, "train") for _ in range(200)]
+    assert {p.template for p in pairs} == set(translation.TEMPLATES)
+    for pair in pairs:
+        zh, fr, de = (pair.references[t] for t in ("zh", "fr", "de"))
+        assert all("\u4e00" <= ch <= "\u9fff" for ch in zh[:-1]) and zh.endswith("。"), zh  # Han characters only
+        for ref, language in ((fr, "fr"), (de, "de")):
+            words = [w.strip(".").lower() for w in ref.replace("'", " ").split()]
+            own = np.mean([wordfreq.zipf_frequency(w, language) for w in words])
+            as_english = np.mean([wordfreq.zipf_frequency(w, "en") for w in words])
+            assert own > as_english + 1 and ref[0].isupper() and ref.endswith("."), (ref, own, as_english)
+        names = [n for n in translation.NAMES if n in pair.english.split()]
+        for name in names:  # the same person in every language
+            assert name in fr and name in de and translation.NAMES[name] in zh
+        numbers = [n for n, words in translation.NUMBERS.items() if words[0] in pair.english.split()]
+        for n in numbers:  # the same count, written by num2words independently
+            assert num2words(n, lang="fr") in fr.split() and num2words(n, lang="de") in de.lower().split()
+        nouns = [n for n in translation.NOUNS if n.en in pair.english.split() or n.en_plural in pair.english.split()]
+        assert len(nouns) == (pair.template != "going")
+        for noun in nouns:
+            assert noun.zh in zh and (noun.de in de or noun.de_plural in de)
+    test = {translation.translation_pair(rng, "test").english for _ in range(50)}
+    assert not test & {p.english for p in pairs}
 
 
 @needs_engines
@@ -170,13 +213,13 @@ def test_held_out_voices_and_sentences():
     train = {tasks.make_asr(_draw(s, "train")).voice for s in range(30)}
     test_items = [tasks.make_asr(_draw(s, "test")) for s in range(12)]
     assert not train & {i.voice for i in test_items}
-    assert not any(v.startswith("flite:") for v in train)
+    assert not any(v.startswith("flite:") for v in train) and any(v.startswith("festival:") for v in train)
     assert {"espeak", "flite"} == {i.voice.split(":")[0] for i in test_items}  # the held-out engine is heard
     assert all(text.sentence_split(i.answer) == "test" for i in test_items)
 
 
 # -- the corpus ---------------------------------------------------------------------------------------------------
-SMALL = dict(clips=140, seed=7)  # 14 test clips: one of each family
+SMALL = dict(clips=10 * len(TASKS), seed=7)  # one test clip of each family
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +249,8 @@ def test_manifests_are_read_by_the_trainer_and_the_evaluator(corpus_dir):
         kinds = {"pretrain": TaskRow, "sft": Chat, "dpo": Preference}
         for name, cls in kinds.items():
             lines = (folder / f"{name}.jsonl").read_text().splitlines()
-            assert len(lines) == info["splits"][split]["clips"]
+            multi_audio = info["splits"][split]["tasks"]["compare"]["clips"]  # no task row: it holds one audio
+            assert len(lines) == info["splits"][split]["clips"] - (multi_audio if name == "pretrain" else 0)
             for line in lines:
                 sample = parse_row(json.loads(line), folder)
                 assert isinstance(sample, cls)
@@ -216,11 +260,46 @@ def test_manifests_are_read_by_the_trainer_and_the_evaluator(corpus_dir):
             row = json.loads(line)
             audio, rate = sf.read(folder / row["audio"])
             assert rate == SAMPLE_RATE and audio.ndim == 1 and len(audio) >= 0.25 * SAMPLE_RATE
-    items = [i for m in sorted((corpus_dir / "eval").glob("*.jsonl")) for i in load_manifest(get_benchmark("asr"), m)]
+    asr_files = [m for m in sorted((corpus_dir / "eval").glob("*.jsonl"))
+                 if m.stem.rsplit("_", 1)[0] in ("synth_asr", "synth_numbers", "synth_noisy_asr", "synth_open_asr")]
+    items = [i for m in asr_files for i in load_manifest(get_benchmark("asr"), m)]  # the official form still reads
     assert {i.source.rsplit("_", 1)[0] for i in items} == {"synth_asr", "synth_numbers", "synth_noisy_asr",
                                                             "synth_open_asr"}
     assert all(Path(i.audio).is_file() and i.language in ("en", "zh", "yue", "fr", "it", "es", "de", "ja")
                and i.prompt.endswith(f"<|{i.language}|>") for i in items)
+
+
+EVAL_KEYS = {"id", "audio", "source", "task", "kind", "prompt", "instruction", "gt", "labels", "metric", "language"}
+
+
+@needs_engines
+def test_every_test_item_has_an_eval_row_the_scorer_reads(corpus_dir):
+    from qwen2audio.eval.datasets import LOADERS
+
+    records = {json.loads(p.read_text())["id"]: json.loads(p.read_text())
+               for p in (corpus_dir / "test" / "audio").glob("*.json")}
+    rows = [json.loads(line) for m in sorted((corpus_dir / "eval").glob("*.jsonl"))
+            for line in m.read_text().splitlines()]
+    assert sorted(r["id"] for r in rows) == sorted(records) and {r["task"] for r in rows} == set(TASKS)
+    metrics = {"asr": "wer", "numbers": None, "s2tt": "bleu", "caption": "bleu", "sound": "accuracy",
+               "lid": "accuracy", "voice_chat": "exact", "facts": "exact", "compare": "accuracy"}
+    for row in rows:
+        record = records[row["id"]]
+        assert EVAL_KEYS <= row.keys() and row["gt"] == record["answer"] and row["labels"] == record["labels"]
+        assert metrics.get(row["task"]) in (None, row["metric"]), row
+        assert row["prompt"].count("<|AUDIO|>") == len(row.get("audios", [row["audio"]]))
+        assert (corpus_dir / "eval" / row["audio"]).is_file()
+        if row["task"] == "s2tt":
+            assert row["source"] == f"synth_s2tt_{row['target']}" and row["language"] == "en"
+            assert row["prompt"].endswith(f"into {tasks.language_name(row['target'])}: <|en|>")
+        if row["task"] in ("dialog", "compare"):
+            user_turns = [m for m in row["messages"] if m["role"] == "user"]
+            assert row["messages"][-1]["role"] == "user" and len(user_turns) == (2 if row["task"] == "dialog" else 1)
+            assert user_turns[0]["content"].count("<audio>") == len(row.get("audios", [row["audio"]]))
+        if row["task"] == "voice_chat":
+            assert row["instruction"] == "" and row["prompt"] == "<|audio_bos|><|AUDIO|><|audio_eos|>"
+    items = list(LOADERS["synth"](get_benchmark("synth"), corpus_dir / "eval"))
+    assert len(items) == len(rows) and all(len(i.audios) in (0, 2) for i in items)
 
 
 def test_bad_arguments_name_the_value_and_the_choices(monkeypatch):
@@ -232,6 +311,11 @@ def test_bad_arguments_name_the_value_and_the_choices(monkeypatch):
         resolve(["asr"], ["fr"], clips=3)
     with pytest.raises(ValueError, match="either clips or hours"):
         resolve(None, None)
+    if shutil.which("festival"):
+        monkeypatch.setattr(speech, "FESTIVAL_VOICE_DIR", Path("/nonexistent"))
+        with pytest.raises(speech.EngineError, match="festival voice kal_diphone is not installed: apt-get install "
+                                                     "festvox-kallpc16k"):
+            resolve(["asr"], None, clips=3)
     monkeypatch.setattr(speech.shutil, "which", lambda name: None)
     with pytest.raises(speech.EngineError, match="espeak-ng is not installed"):
         resolve(["lid"], None, clips=3)
@@ -334,7 +418,9 @@ def test_voice_chat_questions_are_spoken_and_answered_right(corpus_dir):
         assert item.answer == f"The answer is {result}." and item.voice_chat and item.answer not in item.wrong
     rows = [json.loads(line) for line in (corpus_dir / "train" / "sft.jsonl").read_text().splitlines()]
     voice = [r for r in rows if r["messages"][0]["content"] == "<audio>"]  # audio alone: the question is spoken
-    assert voice and all(r["messages"][1]["content"].startswith("The answer is ") for r in voice)
+    answers = {r["messages"][1]["content"].split()[1] for r in voice}
+    assert voice and all(r["messages"][1]["content"].endswith(".") for r in voice) and "answer" in answers  # arithmetic
+    assert len(answers) > 1  # and the world's facts
 
 
 def test_fortune_cleaning_keeps_readable_sentences_only():
@@ -358,3 +444,150 @@ def test_open_domain_test_sentences_are_never_in_train():
         assert len(pool["train"]) > 500 and pool["test"] and not set(pool["train"]) & set(pool["test"])
     item = tasks.make_open_asr(_draw(0, "test"))
     assert item.answer in fortune_sentences(item.fields["language"])["test"]
+
+
+# -- part two: weights, festival, translation, facts, conversations -------------------------------------------------
+def test_task_weights_give_shares_in_a_fixed_schedule():
+    assert corpus.parse_tasks(["asr:6,lid", "sound:2"]) == {"asr": 6, "lid": 1, "sound": 2}
+    config = resolve(["sound:3", "pitch"], None, clips=40, seed=0, test_fraction=0.0)
+    assert config.schedule == ("sound", "sound", "pitch", "sound")  # spread out, fixed
+    assert Counter(corpus.item_task(config, i) for i in range(40)) == {"sound": 30, "pitch": 10}
+    plain = resolve(["sound", "pitch"], None, clips=4)
+    assert [corpus.item_task(plain, i) for i in range(4)] == ["sound", "pitch", "sound", "pitch"]
+    assert resolve(["sound:3", "count"], None, hours=0.01).clips == math.ceil(36 / ((3 * 2.0 + 1.5) / 4))
+    for bad, message in (("asr:x", "bad task weight 'asr:x'"), ("asr:0", "bad task weight 'asr:0'"),
+                         ("asr:", "bad task weight 'asr:'"), ("bark:2", "unknown task 'bark'"),
+                         ("asr,asr:2", "task 'asr' is given twice")):
+        with pytest.raises(ValueError, match=message):
+            resolve([bad], None, clips=3)
+
+
+def test_cli_takes_weighted_tasks(tmp_path, capsys):
+    from qwen2audio.cli import main
+
+    assert main(["synth", "--out", str(tmp_path / "x"), "--clips", "3", "--seed", "0", "--tasks", "sound:x"]) == 1
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    out = tmp_path / "w"
+    assert main(["synth", "--out", str(out), "--clips", "8", "--seed", "0", "--tasks", "sound:3,pitch",
+                 "--test-fraction", "0", "--workers", "1", "--no-progress"]) == 0
+    info = json.loads((out / "dataset_info.json").read_text())
+    assert {t: v["clips"] for t, v in info["splits"]["train"]["tasks"].items()} == {"sound": 6, "pitch": 2}
+    assert info["settings"]["weights"] == [3, 1]
+
+
+needs_festival = pytest.mark.skipif(shutil.which("festival") is None, reason="festival is not installed")
+
+
+@needs_festival
+def test_festival_voices_speak_deterministically_at_16_khz():
+    sentence = "the small dog is near the park"
+    first = {}
+    for name, sex in speech.FESTIVAL_VOICES.items():
+        audio = speech.festival(sentence, speech.Voice(speech.FESTIVAL, "en", sex, name))
+        seconds = len(audio) / SAMPLE_RATE
+        assert audio.dtype == np.float32 and 0.8 < seconds < 4.0, (name, seconds)  # 7 words: ~2-3 words/s
+        assert effects.rms(audio) > 0.01 and np.abs(audio).max() <= 1.0
+        first[name] = audio
+    speech.festival("something else entirely", speech.Voice(speech.FESTIVAL, "en", "male", "kal_diphone"))
+    speech._festival.close()
+    speech._festival = None  # a fresh server: the audio depends on the text and voice alone
+    for name, sex in speech.FESTIVAL_VOICES.items():
+        assert np.array_equal(speech.festival(sentence, speech.Voice(speech.FESTIVAL, "en", sex, name)), first[name])
+    assert _f0(first["cmu_us_slt_arctic_hts"]) > _f0(first["kal_diphone"])  # the female voice is higher
+
+
+def test_speed_and_gain_change_length_and_level():
+    tone = sounds.finish(sounds.tone(440.0, 1.0), 0.3)
+    fast = effects.speed_and_gain(tone, 1.08, 0.0)
+    assert len(fast) == pytest.approx(len(tone) / 1.08, abs=2)
+    assert _dominant_hz(fast) == pytest.approx(440 * 1.08, abs=3)
+    quiet = effects.speed_and_gain(tone, 1.0, -6.0)
+    assert 20 * np.log10(effects.rms(tone) / effects.rms(quiet)) == pytest.approx(6.0, abs=0.01)
+    assert np.abs(effects.speed_and_gain(tone, 1.0, 20.0)).max() <= effects.PEAK_LIMIT + 1e-6
+
+
+@needs_engines
+def test_s2tt_items_speak_the_source_and_answer_the_target():
+    seen = set()
+    for seed in range(9):
+        item = tasks.make_s2tt(_draw(seed))
+        target = item.fields["target_language"]
+        seen.add(target)
+        assert item.kind == "s2tt" and item.fields["source_language"] == "en" and target in translation.TARGETS
+        # the same draw gives the same pair: the answer is the target reference of the spoken English sentence
+        pair = translation.translation_pair(_draw(seed).py, "train")
+        assert item.fields["source_text"] == pair.english and item.answer == pair.references[target]
+        assert pair.english in item.wrong and item.answer not in item.wrong
+        words = len(pair.english.split())
+        assert 0.15 * words < len(item.audio) / SAMPLE_RATE < 1.0 * words + 1
+    assert seen == set(translation.TARGETS)
+
+
+def _fact_of(question: str) -> world.Fact:
+    """The fact a spoken question asks for, found from the tables by the question's subject and wording alone."""
+    for f in world.FACTS:
+        for phrasing in world.PHRASINGS[f.relation]:
+            if phrasing.format(x=f.subject) == question:
+                return f
+    raise AssertionError(question)
+
+
+@needs_engines
+def test_fact_questions_are_answered_from_the_world_table():
+    for seed in range(12):
+        item = tasks.make_facts(_draw(seed))
+        question = item.fields["spoken"]
+        fact = _fact_of(question)
+        assert item.voice_chat and item.answer == fact.answer() and item.answer not in item.wrong
+        if fact.relation in ("after", "before"):
+            step = 1 if fact.relation == "after" else -1
+            expected = world.DAYS[(world.DAYS.index(fact.subject) + step) % 7]
+            assert item.answer.lower().startswith(expected)
+        elif fact.relation == "capital":
+            assert item.answer.lower().endswith(world.CAPITALS[fact.subject] + ".")
+    rng = random.Random(0)
+    train = {world.fact_question(rng, "train")[0] for _ in range(2000)}
+    test = {world.fact_question(rng, "test")[0] for _ in range(200)}
+    assert test and not train & test
+    tested = {_fact_of(q) for q in test}
+    assert sum(f in {_fact_of(q) for q in train} for f in tested) > 0.8 * len(tested)  # facts heard, phrasing new
+
+
+@needs_engines
+def test_multi_turn_answers_match_the_recording():
+    for seed in range(12):
+        item = tasks.make_dialog(_draw(seed))
+        (first_instruction, first_answer), = item.turns
+        asked = item.fields["asked"]
+        language = item.fields["language"]
+        sex = "female" if item.voice.rsplit("+", 1)[1].startswith("f") else "male"
+        truth = {"lid": tasks.language_name(language), "gender": sex}
+        for kind, answer in zip(asked, (first_answer, item.answer)):
+            if kind == "asr":
+                assert answer in tasks.PHRASES[language]
+            else:
+                assert answer == truth[kind]
+        assert item.kind == asked[1] and (not item.labels or item.answer in item.labels)
+        assert first_instruction and item.instruction and "{" not in first_instruction + item.instruction
+
+
+@needs_engines
+def test_multi_audio_answers_by_measurement():
+    for seed in range(16):
+        item = tasks.make_compare(_draw(seed))
+        a, (b,) = item.audio, item.extra_audios
+        what = item.fields["compare"]
+        assert item.answer in item.labels and item.fields["question"] in item.instruction
+        if what == "louder":
+            assert (effects.rms(a) > effects.rms(b)) == (item.answer == "first")
+        elif what == "siren":
+            siren = a if item.answer == "first" else b
+            frame = SAMPLE_RATE // 20
+            tracked = [_dominant_hz(siren[i:i + frame]) for i in range(0, len(siren) - frame, frame)]
+            assert max(tracked) - min(tracked) > 200  # the wail sweeps
+        elif what == "same_language" and "same language" in item.instruction:
+            same = item.fields["languages"][0] == item.fields["languages"][1]
+            assert item.answer == ("yes" if same else "no")
+        else:
+            named = item.instruction.split(" is in ")[1].split(",")[0]
+            assert tasks.language_name(item.fields["languages"][("first", "second").index(item.answer)]) == named

@@ -16,7 +16,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--clips", type=int, help="number of clips over all splits")
     size.add_argument("--hours", type=float, help="about this many hours of audio")
-    p.add_argument("--tasks", nargs="+", metavar="TASK", help=f"task families (default: all): {', '.join(TASKS)}")
+    p.add_argument("--tasks", nargs="+", metavar="TASK[:W]",
+                   help=f"task families, each with an optional weight (asr:6,lid,sound:2; default: all, weight 1): "
+                        f"{', '.join(TASKS)}")
     p.add_argument("--languages", nargs="+", metavar="LANG",
                    help=f"languages of the speech tasks (default: all): {', '.join(LANGUAGES)}")
     p.add_argument("--seed", type=int, required=True, help="the same seed gives the same bytes")

@@ -3,12 +3,15 @@ output is the same bytes whatever the worker count or order, and a rerun resumes
 
 Layout of `out/`:
   synth.json                  the settings (a rerun with other settings refuses to mix corpora)
-  {split}/audio/NNNNNNN.flac  16 kHz 16-bit FLAC, and beside it NNNNNNN.json: the item's record (written last)
-  {split}/pretrain.jsonl      task rows  {"audio", "task", "text", "language"?, "question"? ...}
+  {split}/audio/NNNNNNN.flac  16 kHz 16-bit FLAC (multi-audio items: NNNNNNN_1.flac ... too), and beside it
+                              NNNNNNN.json: the item's record (written last)
+  {split}/pretrain.jsonl      task rows  {"audio", "task", "text", "language"?, "question"? ...} (single-audio items)
   {split}/sft.jsonl           chat rows  {"messages": [user "<audio>instruction", assistant answer], "audios"};
-                              voice-chat items: the user turn is the audio alone (the question is spoken)
+                              voice-chat items: the user turn is the audio alone (the question is spoken);
+                              multi-turn items: earlier (user, assistant) turns first; multi-audio: "<audio><audio>..."
   {split}/dpo.jsonl           preference rows {"messages", "audios", "chosen", "rejected"}
-  eval/synth_TASK_LANG.jsonl  the test split's ASR items as official {audio, source, prompt, gt} rows
+  eval/SOURCE.jsonl           every test item as a scorable row (eval_row): synth_TASK, or synth_TASK_LANG for the
+                              ASR tasks (per spoken language) and s2tt (per target language)
   dataset_info.json           counts, hours, voices and label sets per split and task
 Every file is written atomically; manifests and dataset_info only once all items exist.
 """
@@ -33,15 +36,16 @@ from ..audio import SAMPLE_RATE
 from ..data.prompts import draw_instruction
 from ..data.rows import AUDIO_TAG
 from ..files import atomic_write, atomic_write_json
-from ..tokenizer import base_prompt
+from ..tokenizer import AUDIO_PLACEHOLDER, base_prompt
 from .speech import require_engine
 from .tasks import LANGUAGES, TASKS, Draw, Item
 
 SPLITS = ("train", "test")
-FORMAT_VERSION = 1  # bump when the same settings would render different items
+FORMAT_VERSION = 2  # bump when the same settings would render different items
 FLAC_SUBTYPE = "PCM_16"
 ID_DIGITS = 7
 EVAL_LANGUAGES = {"cmn": "zh"}  # the language tags (and text normalisers) of the evaluation, where they differ
+CHARACTER_LANGUAGES = ("zh", "yue", "ja")  # ASR scored by character error rate (no spaces between words)
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,12 @@ class SynthConfig:
     languages: tuple[str, ...]
     seed: int = 0
     test_fraction: float = 0.1
+    weights: tuple[int, ...] = ()  # one per task (empty: all 1)
+
+    def __post_init__(self) -> None:
+        if not self.weights:
+            object.__setattr__(self, "weights", (1,) * len(self.tasks))
+        object.__setattr__(self, "schedule", weighted_schedule(self.tasks, self.weights))
 
     def counts(self) -> dict[str, int]:
         test = round(self.clips * self.test_fraction)
@@ -60,20 +70,50 @@ class SynthConfig:
 
     def settings(self) -> dict[str, Any]:
         return {"version": FORMAT_VERSION, **asdict(self), "tasks": list(self.tasks),
-                "languages": list(self.languages)}
+                "languages": list(self.languages), "weights": list(self.weights)}
+
+
+def weighted_schedule(tasks: tuple[str, ...], weights: tuple[int, ...]) -> tuple[str, ...]:
+    """One cycle of a smooth weighted round-robin: each task appears `weight` times, spread out (asr:2,lid gives
+    asr lid asr); with all weights 1 it is the tasks in order. Item i gets schedule[i % len(schedule)]."""
+    credit = [0] * len(tasks)
+    out = []
+    for _ in range(sum(weights)):
+        credit = [c + w for c, w in zip(credit, weights)]
+        best = max(range(len(tasks)), key=lambda i: (credit[i], -i))
+        credit[best] -= sum(weights)
+        out.append(tasks[best])
+    return tuple(out)
+
+
+def parse_tasks(specs: list[str] | None) -> dict[str, int]:
+    """`["asr:6,lid", "sound:2"]` -> {"asr": 6, "lid": 1, "sound": 2}: NAME[:WEIGHT] items, split on commas too;
+    None -> every family with weight 1."""
+    if not specs:
+        return dict.fromkeys(TASKS, 1)
+    weights: dict[str, int] = {}
+    for spec in (s.strip() for arg in specs for s in arg.split(",")):
+        name, colon, weight = spec.partition(":")
+        if name not in TASKS:
+            raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+        if colon and not (weight.isdigit() and int(weight) > 0):
+            raise ValueError(f"bad task weight {spec!r}: write NAME or NAME:N with N a positive whole number")
+        if name in weights:
+            raise ValueError(f"task {name!r} is given twice")
+        weights[name] = int(weight) if colon else 1
+    return weights
 
 
 def resolve(tasks: list[str] | None, languages: list[str] | None, clips: int | None = None,
             hours: float | None = None, seed: int = 0, test_fraction: float = 0.1) -> SynthConfig:
-    """Check the arguments (one ValueError naming the bad value and the choices) and the engines the tasks need."""
+    """Check the arguments (one ValueError naming the bad value and the choices) and the engines the tasks need.
+    tasks: NAME or NAME:WEIGHT items (see parse_tasks); a family of weight w gets w shares of every split."""
     for language in languages or ():
         if language not in LANGUAGES:
             raise ValueError(f"unknown language {language!r}; known: {', '.join(LANGUAGES)}")
-    for task in tasks or ():
-        if task not in TASKS:
-            raise ValueError(f"unknown task {task!r}; known: {', '.join(TASKS)}")
+    weights = parse_tasks(tasks)
     langs = tuple(dict.fromkeys(languages)) if languages else LANGUAGES
-    chosen = list(dict.fromkeys(tasks)) if tasks else list(TASKS)
+    chosen = list(weights)
     speakable = [t for t in chosen if TASKS[t].languages is None or set(TASKS[t].languages) & set(langs)]
     if tasks and len(speakable) < len(chosen):
         bad = next(t for t in chosen if t not in speakable)
@@ -87,7 +127,7 @@ def resolve(tasks: list[str] | None, languages: list[str] | None, clips: int | N
     if hours is not None:
         if hours <= 0:
             raise ValueError(f"hours must be positive, got {hours}")
-        mean = sum(TASKS[t].mean_seconds for t in speakable) / len(speakable)
+        mean = sum(TASKS[t].mean_seconds * weights[t] for t in speakable) / sum(weights[t] for t in speakable)
         clips = math.ceil(hours * 3600 / mean)
     if clips <= 0:
         raise ValueError(f"clips must be positive, got {clips}")
@@ -96,7 +136,7 @@ def resolve(tasks: list[str] | None, languages: list[str] | None, clips: int | N
     for t in speakable:
         if TASKS[t].prepare:
             TASKS[t].prepare(langs)
-    return SynthConfig(clips, tuple(speakable), langs, seed, test_fraction)
+    return SynthConfig(clips, tuple(speakable), langs, seed, test_fraction, tuple(weights[t] for t in speakable))
 
 
 # -- one item ---------------------------------------------------------------------------------------------------------
@@ -109,8 +149,8 @@ def item_draw(config: SynthConfig, split: str, index: int, task: str) -> Draw:
 
 
 def item_task(config: SynthConfig, index: int) -> str:
-    """Round-robin over the chosen families: each gets an equal share of every split."""
-    return config.tasks[index % len(config.tasks)]
+    """Weighted round-robin over the chosen families: each gets its weight's share of every split."""
+    return config.schedule[index % len(config.schedule)]
 
 
 def flac_bytes(audio: np.ndarray) -> bytes:
@@ -145,18 +185,30 @@ def record_path(out: Path, split: str, index: int) -> Path:
 
 
 def make_item(config: SynthConfig, out: Path, split: str, index: int) -> dict[str, Any]:
-    """Render item (split, index), write its FLAC then its record (both atomically); return the record."""
+    """Render item (split, index), write its FLAC(s) then its record (all atomically); return the record."""
     task = item_task(config, index)
     draw = item_draw(config, split, index, task)
     item = TASKS[task].make(draw)
-    audio_path = record_path(out, split, index).with_suffix(".flac")
-    atomic_write(audio_path, flac_bytes(item.audio))
+    base = record_path(out, split, index).with_suffix("")
+    paths = [base.with_suffix(".flac")] + [base.with_name(f"{base.name}_{k}.flac")
+                                           for k in range(1, 1 + len(item.extra_audios))]
+    for path, audio in zip(paths, (item.audio, *item.extra_audios)):
+        atomic_write(path, flac_bytes(audio))
     fields = {k: v for k, v in item.fields.items() if k != "params"}
+    if item.instruction is not None:
+        instruction = item.instruction
+    else:
+        instruction = "" if item.voice_chat else draw_instruction(item.kind, fields, draw.py)
+    audios = [path.relative_to(out / split).as_posix() for path in paths]
     record = {"id": f"{split}-{index:0{ID_DIGITS}d}", "split": split, "task": task, "kind": item.kind,
-              "audio": audio_path.relative_to(out / split).as_posix(), "seconds": len(item.audio) / SAMPLE_RATE,
+              "audio": audios[0], "seconds": sum(len(a) for a in (item.audio, *item.extra_audios)) / SAMPLE_RATE,
               "answer": item.answer, "labels": list(item.labels), "fields": fields, "voice": item.voice,
-              "instruction": "" if item.voice_chat else draw_instruction(item.kind, fields, draw.py),
-              "rejected": rejected_answer(item, draw.py), "params": item.fields.get("params")}
+              "instruction": instruction, "rejected": rejected_answer(item, draw.py),
+              "params": item.fields.get("params")}
+    if item.extra_audios:
+        record["audios"] = audios
+    if item.turns:
+        record["turns"] = [list(turn) for turn in item.turns]
     atomic_write_json(record_path(out, split, index), record)
     return record
 
@@ -221,26 +273,71 @@ def _jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
 
 
+def record_audios(record: dict[str, Any]) -> list[str]:
+    return record.get("audios") or [record["audio"]]
+
+
+def conversation(record: dict[str, Any]) -> list[dict[str, str]]:
+    """The chat up to the last user turn: the audio tags open the first user turn, earlier turns come first."""
+    tags = AUDIO_TAG * len(record_audios(record))
+    users = [turn[0] for turn in record.get("turns", [])] + [record["instruction"]]
+    answers = [turn[1] for turn in record.get("turns", [])]
+    messages = []
+    for i, text in enumerate(users):
+        messages.append({"role": "user", "content": (tags if i == 0 else "") + text})
+        if i < len(answers):
+            messages.append({"role": "assistant", "content": answers[i]})
+    return messages
+
+
 def manifest_rows(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The pretrain, sft and dpo rows of one record (audio paths relative to the split's folder)."""
-    user = {"role": "user", "content": AUDIO_TAG + record["instruction"]}
-    return {
-        "pretrain": {"audio": record["audio"], "task": record["kind"], "text": record["answer"], **record["fields"],
-                     "source": f"synth_{record['task']}", "id": record["id"]},
-        "sft": {"messages": [user, {"role": "assistant", "content": record["answer"]}], "audios": [record["audio"]]},
-        "dpo": {"messages": [user], "audios": [record["audio"]], "chosen": record["answer"],
-                "rejected": record["rejected"]},
+    """The pretrain, sft and dpo rows of one record (audio paths relative to the split's folder); a multi-audio
+    item has no pretrain row (a task row holds one audio)."""
+    messages, audios = conversation(record), record_audios(record)
+    rows = {
+        "sft": {"messages": [*messages, {"role": "assistant", "content": record["answer"]}], "audios": audios},
+        "dpo": {"messages": messages, "audios": audios, "chosen": record["answer"], "rejected": record["rejected"]},
     }
+    if len(audios) == 1:
+        rows["pretrain"] = {"audio": record["audio"], "task": record["kind"], "text": record["answer"],
+                            **record["fields"], "source": f"synth_{record['task']}", "id": record["id"]}
+    return rows
 
 
-def eval_row(record: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
-    """An official eval_audio row for the items a generic preset can score (ASR: `qwen2audio eval asr`)."""
-    if record["kind"] != "asr":
-        return None
-    language = EVAL_LANGUAGES.get(record["fields"]["language"], record["fields"]["language"])
-    source = f"synth_{record['task']}_{language}"
-    return source, {"audio": f"../test/{record['audio']}", "source": source, "prompt": base_prompt("asr", language),
-                    "gt": record["answer"], "language": language, "id": record["id"]}
+def eval_metric(record: dict[str, Any], language: str | None) -> str:
+    """How a test item is scored: error rates for transcripts, BLEU for translations and captions, label accuracy
+    for closed answers, normalised exact match for the spoken questions' one-sentence answers."""
+    if record["kind"] == "asr" and not record["labels"]:
+        return "cer" if language in CHARACTER_LANGUAGES else "wer"
+    if record["kind"] in ("s2tt", "caption"):
+        return "bleu"
+    return "accuracy" if record["labels"] else "exact"
+
+
+def eval_row(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The scorable row of a test item (schema in the README; `qwen2audio eval --benchmark synth` reads it). ASR rows
+    keep the official {audio, source, prompt, gt} form that `--benchmark asr` reads too."""
+    spoken = record["fields"].get("language")
+    language = EVAL_LANGUAGES.get(spoken, spoken) if spoken else None
+    target = record["fields"].get("target_language")
+    audios = [f"../test/{a}" for a in record_audios(record)]
+    single_asr = record["kind"] == "asr" and not record.get("turns")
+    if single_asr:
+        source, prompt = f"synth_{record['task']}_{language}", base_prompt("asr", language)
+    elif record["kind"] == "s2tt":
+        source, prompt = f"synth_{record['task']}_{target}", base_prompt("translate", language, target)
+    else:
+        source, prompt = f"synth_{record['task']}", AUDIO_PLACEHOLDER * len(audios) + record["instruction"]
+    row = {"id": record["id"], "audio": audios[0], "source": source, "task": record["task"], "kind": record["kind"],
+           "prompt": prompt, "instruction": record["instruction"], "gt": record["answer"],
+           "labels": list(record["labels"]), "metric": eval_metric(record, language), "language": language}
+    if target:
+        row["target"] = target
+    if len(audios) > 1:
+        row["audios"] = audios
+    if record.get("turns") or len(audios) > 1:
+        row["messages"] = conversation(record)
+    return source, row
 
 
 def write_manifests(config: SynthConfig, out: Path) -> dict[str, Any]:
@@ -254,8 +351,9 @@ def write_manifests(config: SynthConfig, out: Path) -> dict[str, Any]:
         for record in read_records(config, out, split):
             for kind, row in manifest_rows(record).items():
                 rows[kind].append(row)
-            if split == "test" and (e := eval_row(record)):
-                evals[e[0]].append(e[1])
+            if split == "test":
+                source, row = eval_row(record)
+                evals[source].append(row)
             t = tasks.setdefault(record["task"], {"clips": 0, "seconds": 0.0, "labels": record["labels"],
                                                   "answers": Counter()})
             t["clips"] += 1

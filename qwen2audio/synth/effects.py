@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 
 import numpy as np
+import soxr
 
 from ..audio import SAMPLE_RATE
 
@@ -17,6 +18,9 @@ CHAINS = {  # named sox effect chains
     "slow": ["tempo", "0.87"],
 }
 SNR_DB = (0.0, 20.0)  # range of the signal-to-noise ratios drawn for noisy speech
+SPEED_RANGE = (0.92, 1.08)  # speed (tempo and pitch together, as sox `speed`) drawn for training speech
+GAIN_DB = (-6.0, 3.0)  # gain drawn for speech
+PEAK_LIMIT = 0.99
 
 
 def rms(x: np.ndarray) -> float:
@@ -46,3 +50,11 @@ def apply_chain(audio: np.ndarray, name: str) -> np.ndarray:
     if name not in CHAINS:
         raise ValueError(f"unknown effect chain {name!r}; known: {', '.join(CHAINS)}")
     return sox(audio, CHAINS[name])
+
+
+def speed_and_gain(audio: np.ndarray, speed: float, gain_db: float) -> np.ndarray:
+    """sox `speed S gain G`, done with the SoX resampler in-process (no subprocess per clip): the clip read at
+    S times its rate, then scaled by G dB, and scaled down only if it would clip."""
+    out = soxr.resample(audio, SAMPLE_RATE * speed, SAMPLE_RATE) if speed != 1 else np.asarray(audio)
+    out = out * 10 ** (gain_db / 20)
+    return (out / max(1.0, np.abs(out).max() / PEAK_LIMIT)).astype(np.float32)

@@ -1,10 +1,13 @@
-"""Speech engines: espeak-ng and flite (Debian packages) rendered to 16 kHz float32. A voice is an engine, a language
-voice and a variant; some espeak-ng variants are held out of training, and flite (English only) is heard in the test
-split alone: a model is judged on voices and an engine it never heard."""
+"""Speech engines: espeak-ng, festival and flite (Debian packages) rendered to 16 kHz float32. A voice is an engine, a
+language voice and a variant; some espeak-ng variants are held out of training, festival's English voices are a second
+training engine, and flite (English only) is heard in the test split alone: a model is judged on voices and an engine
+it never heard."""
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
+import os
 import shutil
 import subprocess
 import tempfile
@@ -29,6 +32,13 @@ PITCH_RANGE = (30, 70)  # espeak-ng -p (0..99)
 FLITE = "flite"
 FLITE_VOICES = {"slt": "female", "rms": "male", "awb": "male", "kal16": "male"}  # 16 kHz voices of Debian's flite
 FLITE_STRETCH = (0.85, 1.2)  # flite --setf duration_stretch: < 1 faster, > 1 slower
+FESTIVAL = "festival"
+# festival's English voices (Debian: festvox-kallpc16k, festvox-kdlpc16k, festvox-us-slt-hts)
+FESTIVAL_VOICES = {"kal_diphone": "male", "ked_diphone": "male", "cmu_us_slt_arctic_hts": "female"}
+FESTIVAL_PACKAGES = {"kal_diphone": "festvox-kallpc16k", "ked_diphone": "festvox-kdlpc16k",
+                     "cmu_us_slt_arctic_hts": "festvox-us-slt-hts"}
+FESTIVAL_VOICE_DIR = Path("/usr/share/festival/voices")
+FESTIVAL_DONE = "QWEN2AUDIO-DONE"  # what the festival server prints after each utterance
 WAV_HEADER_BYTES = 44  # espeak-ng --stdout writes a canonical 44-byte RIFF header (with unset sizes) + int16 PCM
 
 
@@ -48,6 +58,11 @@ def require_engine(name: str) -> None:
                               f"(or qwen2audio[synth])")
     elif shutil.which(name) is None:
         raise EngineError(f"the program {name} is not installed: apt-get install {name} (or `make system-deps`)")
+    elif name == FESTIVAL:
+        missing = [v for v in FESTIVAL_VOICES if not any(FESTIVAL_VOICE_DIR.glob(f"*/{v}"))]
+        if missing:
+            raise EngineError(f"festival voice {missing[0]} is not installed: apt-get install "
+                              f"{' '.join(FESTIVAL_PACKAGES[v] for v in missing)} (or `make system-deps`)")
 
 
 @dataclass(frozen=True)
@@ -65,8 +80,8 @@ class Voice:
     @property
     def name(self) -> str:
         """The voice's identity (engine, language, variant): what 'held-out voice' means."""
-        if self.engine == FLITE:
-            return f"{FLITE}:{self.variant}"
+        if self.engine in (FLITE, FESTIVAL):
+            return f"{self.engine}:{self.variant}"
         return f"{self.engine}:{ESPEAK_VOICES[self.language]}+{self.variant}"
 
 
@@ -105,5 +120,52 @@ def flite(text: str, voice: Voice) -> np.ndarray:
     return soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32) if rate != SAMPLE_RATE else audio
 
 
+class FestivalServer:
+    """One festival process per worker process, fed Scheme on stdin: its start-up (~0.2 s) costs far more than an
+    utterance (~15 ms for a diphone voice), so it is paid once. Each utterance selects its voice afresh, so the audio
+    depends on the text and the voice alone, not on what was said before."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()  # a forked worker must not share its parent's pipes
+        self.folder = tempfile.TemporaryDirectory(prefix="qwen2audio-festival-")
+        try:
+            self.process = subprocess.Popen([FESTIVAL, "--pipe"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                            stderr=subprocess.DEVNULL, text=True)
+        except FileNotFoundError:
+            raise EngineError(f"the program {FESTIVAL} is not installed: apt-get install {FESTIVAL}") from None
+
+    def say(self, text: str, variant: str) -> np.ndarray:
+        path = Path(self.folder.name) / "speech.wav"
+        path.unlink(missing_ok=True)
+        quoted = text.replace("\\", " ").replace('"', " ")
+        self.process.stdin.write(f'(voice_{variant})\n(utt.save.wave (utt.synth (Utterance Text "{quoted}")) '
+                                 f'"{path}" \'riff)\n(format t "{FESTIVAL_DONE}\\n")\n(fflush nil)\n')
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        if line.strip() != FESTIVAL_DONE or not path.exists():
+            raise RuntimeError(f"{FESTIVAL} gave no audio for {text!r} (voice {variant}; is it installed?)")
+        audio, rate = sf.read(path, dtype="float32")
+        return soxr.resample(audio, rate, SAMPLE_RATE).astype(np.float32) if rate != SAMPLE_RATE else audio
+
+    def close(self) -> None:
+        if self.pid == os.getpid() and self.process.poll() is None:
+            self.process.stdin.close()
+            self.process.wait()
+        self.folder.cleanup()
+
+
+_festival: FestivalServer | None = None
+
+
+def festival(text: str, voice: Voice) -> np.ndarray:
+    """Speak English `text` with a festival voice; float32 at SAMPLE_RATE."""
+    global _festival
+    if _festival is None or _festival.pid != os.getpid() or _festival.process.poll() is not None:
+        _festival = FestivalServer()
+        atexit.register(_festival.close)
+    return _festival.say(text, voice.variant)
+
+
 def speak(text: str, voice: Voice) -> np.ndarray:
-    return flite(text, voice) if voice.engine == FLITE else espeak(text, voice)
+    engines = {FLITE: flite, FESTIVAL: festival}
+    return engines.get(voice.engine, espeak)(text, voice)

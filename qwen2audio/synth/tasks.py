@@ -12,13 +12,15 @@ from typing import Any, Callable
 import numpy as np
 
 from ..audio import SAMPLE_RATE
-from ..data.prompts import language_name
+from ..data.prompts import draw_instruction, language_name
 from . import effects, sounds
 from .fortunes import LANGUAGE_DIRS, fortune_sentences
 from .effects import SOX
-from .speech import (AMPLITUDE, ESPEAK, FLITE, FLITE_STRETCH, FLITE_VOICES, PITCH_RANGE, RATE_WPM, WHISPER_VARIANTS,
-                     Voice, espeak, speak, variants)
+from .speech import (AMPLITUDE, ESPEAK, FESTIVAL, FESTIVAL_VOICES, FLITE, FLITE_STRETCH, FLITE_VOICES, PITCH_RANGE,
+                     RATE_WPM, WHISPER_VARIANTS, Voice, espeak, speak, variants)
 from .text import PHRASES, english_sentence, number_item, sentence_split
+from .translation import TARGETS, translation_pair
+from .world import fact_question, wrong_answers
 
 LANGUAGES = tuple(PHRASES)  # the report's eight: en cmn yue fr it es de ja
 GAP_SECONDS = 0.4  # silence between two events of a question
@@ -26,7 +28,8 @@ HIGH_HZ, LOW_HZ = (1200.0, 3000.0), (120.0, 300.0)  # a "high" and a "low" tone
 LOUDNESS_DB = (10.0, 20.0)  # how much louder the louder of two tones is
 COUNT_RANGE = (1, 9)  # how many beeps or clicks a counting item holds
 ORDER_EVENTS = ("sine tone", "white noise", "click train", "siren", "chord", "rising sweep")
-HELD_OUT_ENGINE_SHARE = 0.5  # of the test split's English ASR items, spoken by flite (never heard in training)
+HELD_OUT_ENGINE_SHARE = 0.5  # of the test split's English sentences, spoken by flite (never heard in training)
+FESTIVAL_SHARE = 0.3  # of the training split's English sentences, spoken by festival (the rest by espeak-ng)
 STYLES = ("whispering", "fast", "slow", "loud", "normal")
 NOISES = ("white noise", "pink noise", "brown noise")  # the beds of noisy speech and of mixed scenes
 CONDITIONS = ("noise", "telephone", "reverb")  # what happens to the speech of a noisy-ASR item
@@ -61,6 +64,9 @@ class Item:
     voice: str | None = None
     voice_chat: bool = False
     wrong: tuple[str, ...] = ()  # worse answers for DPO that the family knows (else corpus.rejected_answer makes one)
+    extra_audios: tuple[np.ndarray, ...] = ()  # multi-audio items: the second (third ...) recording
+    turns: tuple[tuple[str, str], ...] = ()  # multi-turn items: the (user text, answer) turns before the last one
+    instruction: str | None = None  # the last user turn's text, where the family writes it (else drawn from a pool)
 
 
 @dataclass(frozen=True)
@@ -137,15 +143,43 @@ def _voice(d: Draw, language: str, sex: str | None = None, **overrides) -> Voice
                  **overrides)
 
 
-def make_asr(d: Draw) -> Item:
-    """An English grammar sentence; in the test split half are spoken by flite, the engine held out of training."""
-    text = english_sentence(d.py, d.split)
+def english_voice(d: Draw) -> Voice:
+    """Who speaks an English sentence: in training an espeak-ng variant or (FESTIVAL_SHARE) a festival voice; in the
+    test split half flite, the engine held out of training, half the held-out espeak-ng variants."""
     if d.split == "test" and d.py.random() < HELD_OUT_ENGINE_SHARE:
         name = d.py.choice(sorted(FLITE_VOICES))
-        voice = Voice(FLITE, "en", FLITE_VOICES[name], name, stretch=round(d.py.uniform(*FLITE_STRETCH), 3))
-    else:
-        voice = _voice(d, "en", rate=d.py.randint(RATE_WPM["normal"] - 30, RATE_WPM["normal"] + 30))
-    return Item("asr", speak(text, voice), text, (), {"language": "en"}, voice.name)
+        return Voice(FLITE, "en", FLITE_VOICES[name], name, stretch=round(d.py.uniform(*FLITE_STRETCH), 3))
+    if d.split != "test" and d.py.random() < FESTIVAL_SHARE:
+        name = d.py.choice(sorted(FESTIVAL_VOICES))
+        return Voice(FESTIVAL, "en", FESTIVAL_VOICES[name], name)
+    return _voice(d, "en", rate=d.py.randint(RATE_WPM["normal"] - 30, RATE_WPM["normal"] + 30))
+
+
+def english_speech(d: Draw, text: str) -> tuple[np.ndarray, Voice, dict[str, float]]:
+    """`text` spoken by english_voice, at a drawn speed and gain (small ranges); also returns those two."""
+    voice = english_voice(d)
+    params = {"speed": round(d.py.uniform(*effects.SPEED_RANGE), 3),
+              "gain_db": round(d.py.uniform(*effects.GAIN_DB), 2)}
+    return effects.speed_and_gain(speak(text, voice), params["speed"], params["gain_db"]), voice, params
+
+
+def make_asr(d: Draw) -> Item:
+    """An English grammar sentence (see english_voice for who speaks it)."""
+    text = english_sentence(d.py, d.split)
+    audio, voice, params = english_speech(d, text)
+    return Item("asr", audio, text, (), {"language": "en", "params": params}, voice.name)
+
+
+def make_s2tt(d: Draw) -> Item:
+    """English speech of a parallel-grammar sentence, its reference in Chinese, French or German."""
+    pair = translation_pair(d.py, d.split)
+    target = d.py.choice(TARGETS)
+    audio, voice, params = english_speech(d, pair.english)
+    fields = {"language": "en", "source_language": "en", "target_language": target, "source_text": pair.english,
+              "template": pair.template, "params": params}
+    other = d.py.choice([t for t in TARGETS if t != target])
+    wrong = (pair.english, pair.references[other])  # for DPO: left untranslated, or in the wrong language
+    return Item("s2tt", audio, pair.references[target], (), fields, voice.name, wrong=wrong)
 
 
 def make_lid(d: Draw) -> Item:
@@ -233,23 +267,93 @@ def arithmetic_question(rng: random.Random, split: str) -> tuple[str, int]:
             return question, OPERATIONS[name](a, b)
 
 
-def make_voice_chat(d: Draw) -> Item:
-    """A spoken arithmetic question, sometimes over background noise, answered in text: the voice-chat mode."""
-    question, result = arithmetic_question(d.py, d.split)
-    voice = _voice(d, "en")
-    audio = espeak(question, voice)
-    fields: dict[str, Any] = {"question": "Answer the spoken question.", "language": "en", "spoken": question}
+def spoken_question(d: Draw, question: str) -> tuple[np.ndarray, Voice, dict[str, Any]]:
+    """A spoken question (english_speech), over a noise bed for BACKGROUND_SHARE of them; and its fields."""
+    audio, voice, params = english_speech(d, question)
+    fields: dict[str, Any] = {"question": "Answer the spoken question.", "language": "en", "spoken": question,
+                              "params": params}
     if d.py.random() < BACKGROUND_SHARE:
         bed = d.py.choice(NOISES)
         noise, _ = sounds.render_sound(bed, d.rng)
         audio = effects.mix_at_snr(audio, noise, d.py.uniform(*SCENE_SNR_DB))
         fields["background"] = bed
+    return audio, voice, fields
+
+
+def make_voice_chat(d: Draw) -> Item:
+    """A spoken arithmetic question, sometimes over background noise, answered in text: the voice-chat mode."""
+    question, result = arithmetic_question(d.py, d.split)
+    audio, voice, fields = spoken_question(d, question)
     off = result + d.py.choice((-2, -1, 1, 2, 10))
     wrong = (f"The answer is {off}.", f"Let me think about this step by step. You asked {question}. Numbers can be "
              f"added, subtracted or multiplied, and in this case the result should be {result}, if I heard you right.")
     return Item("aqa", audio, f"The answer is {result}.", (), fields, voice.name, voice_chat=True, wrong=wrong)
 
 
+def make_facts(d: Draw) -> Item:
+    """A spoken question about the corpus' small world (world.FACTS), answered with one short sentence."""
+    question, fact = fact_question(d.py, d.split)
+    audio, voice, fields = spoken_question(d, question)
+    fields["relation"] = fact.relation
+    return Item("aqa", audio, fact.answer(), (), fields, voice.name, voice_chat=True, wrong=wrong_answers(fact, d.py))
+
+
+# -- conversations ----------------------------------------------------------------------------------------------------
+SEXES = ("male", "female")
+DIALOG_QUESTIONS = ("lid", "gender", "asr")  # what the turns of a multi-turn conversation ask about one recording
+
+
+def make_dialog(d: Draw) -> Item:
+    """A two-turn conversation about one recording: e.g. "<audio>Which language is spoken?" -> "French", then
+    "Is the speaker male or female?" -> "female" (the turns ask two of: language, speaker sex, transcript)."""
+    language, sex = d.py.choice(d.languages), d.py.choice(SEXES)
+    phrase = d.py.choice(PHRASES[language])
+    voice = _voice(d, language, sex)
+    answers = {"lid": (language_name(language), tuple(language_name(c) for c in d.languages)),
+               "gender": (sex, SEXES), "asr": (phrase, ())}
+    first, last = d.py.sample(DIALOG_QUESTIONS, 2)
+    first_turn = (draw_instruction(first, {}, d.py), answers[first][0])
+    return Item(last, espeak(phrase, voice), *answers[last], {"language": language, "asked": [first, last]},
+                voice.name, turns=(first_turn,), instruction=draw_instruction(last, {}, d.py))
+
+
+ORDINALS = ("first", "second")
+COMPARE_QUESTIONS = ("louder", "language", "siren", "same_language")
+
+
+def make_compare(d: Draw) -> Item:
+    """Two recordings and a question about both: which is louder / in a given language / has a siren, or whether
+    both are in the same language."""
+    what = d.py.choice(COMPARE_QUESTIONS)
+    which = d.py.randrange(2)  # the recording the answer points at
+    if what == "siren":
+        other = d.py.choice([e for e in ORDER_EVENTS if e != "siren"])
+        clips = [sounds.render_sound("siren" if i == which else other, d.rng)[0] for i in range(2)]
+        question, answer, labels = "Which recording has a siren, the first or the second?", ORDINALS[which], ORDINALS
+        fields: dict[str, Any] = {"events": ["siren" if i == which else other for i in range(2)]}
+    else:
+        same = what == "same_language" and d.py.random() < 0.5
+        languages = [d.py.choice(d.languages)] * 2 if same or len(d.languages) < 2 else d.py.sample(d.languages, 2)
+        clips = [espeak(d.py.choice(PHRASES[lang]), _voice(d, lang)) for lang in languages]
+        fields = {"languages": languages}
+        if what == "louder":
+            db = round(d.py.uniform(*LOUDNESS_DB), 2)
+            clips[1 - which] = clips[1 - which] * np.float32(10 ** (-db / 20))
+            question, answer, labels = ("Which recording is louder, the first or the second?", ORDINALS[which],
+                                        ORDINALS)
+            fields["db"] = db
+        elif what == "language" and languages[0] != languages[1]:
+            question = f"Which recording is in {language_name(languages[which])}, the first or the second?"
+            answer, labels = ORDINALS[which], ORDINALS
+        else:
+            question = "Are both recordings in the same language? Answer yes or no."
+            answer, labels = ("yes" if languages[0] == languages[1] else "no"), ("yes", "no")
+    fields.update(question=question, compare=what)
+    return Item("aqa", clips[0], answer, labels, fields, extra_audios=(clips[1],),
+                instruction=d.py.choice((question, f"Listen to both recordings. {question}")))
+
+
+ENGLISH_ENGINES = (ESPEAK, FESTIVAL, FLITE)  # who speaks english_speech
 OPEN_LANGUAGES = ("en", *LANGUAGE_DIRS)  # the languages Debian's fortune packages give sentences in
 
 
@@ -273,8 +377,8 @@ TASKS: dict[str, TaskFamily] = {t.name: t for t in [
     TaskFamily("pitch", make_pitch, "is the tone high or low", mean_seconds=1.4),
     TaskFamily("order", make_order, "which of two events came first", mean_seconds=4.4),
     TaskFamily("loudness", make_loudness, "which of two tones is louder", mean_seconds=2.0),
-    TaskFamily("asr", make_asr, "English speech recognition (closed-vocabulary grammar)", (ESPEAK, FLITE),
-               ("en",), 2.5),
+    TaskFamily("asr", make_asr, "English speech recognition (closed-vocabulary grammar)", ENGLISH_ENGINES,
+               ("en",), 2.2),
     TaskFamily("lid", make_lid, "spoken language identification", (ESPEAK,), LANGUAGES, 1.5),
     TaskFamily("gender", make_gender, "speaker sex", (ESPEAK,), LANGUAGES, 1.5),
     TaskFamily("numbers", make_numbers, "numbers spoken in eight languages (ASR)", (ESPEAK, "py:num2words"),
@@ -282,10 +386,18 @@ TASKS: dict[str, TaskFamily] = {t.name: t for t in [
     TaskFamily("open_asr", make_open_asr, "open-domain sentences from Debian's fortunes (en, de, es, it)", (ESPEAK,),
                OPEN_LANGUAGES, 4.0, _load_fortunes),
     TaskFamily("noisy_asr", make_noisy_asr, "English ASR in noise (0-20 dB SNR), telephone band or reverb",
-               (ESPEAK, FLITE, SOX), ("en",), 2.8),
+               (*ENGLISH_ENGINES, SOX), ("en",), 2.3),
     TaskFamily("caption", make_caption, "captions of mixed scenes: speech, noise beds, events", (ESPEAK,), LANGUAGES,
                3.0),
     TaskFamily("voice_chat", make_voice_chat, "spoken arithmetic questions answered in text (voice-chat mode)",
-               (ESPEAK,), ("en",), 1.8),
+               ENGLISH_ENGINES, ("en",), 2.0),
     TaskFamily("style", make_style, "speaking style: whispering, fast, slow, loud, normal", (ESPEAK,), ("en",), 2.5),
+    TaskFamily("s2tt", make_s2tt, "speech translation: English speech, references in zh, fr, de", ENGLISH_ENGINES,
+               ("en",), 1.7),
+    TaskFamily("facts", make_facts, "spoken questions about a small world of facts (voice-chat mode)",
+               ENGLISH_ENGINES, ("en",), 2.2),
+    TaskFamily("dialog", make_dialog, "two-turn conversations about one recording (language, sex, transcript)",
+               (ESPEAK,), LANGUAGES, 1.6),
+    TaskFamily("compare", make_compare, "two recordings, one question: louder, language, siren, same language",
+               (ESPEAK,), LANGUAGES, 3.6),
 ]}
