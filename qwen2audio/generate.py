@@ -4,8 +4,13 @@
     sequences = Generator(model).generate(inputs, config)          # [B, prompt + new], like transformers
     for step in Generator(model).stream(inputs, config): ...       # new token ids [B] per step
 
+    batch = ContinuousBatch(model, n_rows=8, max_len=4096)         # continuous batching (the server's engine)
+    logits = batch.prefill(row, inputs)                             # a new request joins in a free row
+    logits = batch.decode({row: token, other_row: token, ...})      # every row in use advances one token
+
 The decode step has fixed shapes (cache slots, masks and positions are tensors), so it compiles once with
-`torch.compile` and replays as a CUDA graph on GPUs. No I/O here.
+`torch.compile` and replays as a CUDA graph on GPUs. Both engines share it, the sampler and the KV cache; the
+continuous batch gives each row its own cache slots ([B, 1] instead of one slot for the batch). No I/O here.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .model import Qwen2Audio
-from .model.kv_cache import clear_caches, setup_caches
+from .model.kv_cache import clear_caches, make_caches, setup_caches, using_caches
 from .model.qwen2 import Qwen2
 from .quant import use_decode_kernels
 
@@ -72,17 +77,19 @@ class GenerationConfig:
 # -- the three small pieces: prefill, decode step, sampling -----------------------------------------------------------
 
 def attention_mask_for(valid: torch.Tensor, query_slots: torch.Tensor) -> torch.Tensor:
-    """valid [B, S] (which cache slots hold real tokens), query_slots [T] -> [B, 1, T, S] bool: causal over slots,
-    padding hidden, and every query sees its own slot (a padded query row must not be empty: NaN)."""
+    """valid [B, S] (which cache slots hold real tokens), query_slots [T] (every row) or [B, T] (row by row) ->
+    [B, 1, T, S] bool: causal over slots, padding hidden, and every query sees its own slot (a padded query row
+    must not be empty: NaN)."""
     slots = torch.arange(valid.shape[1], device=valid.device)
-    causal = slots[None, :] <= query_slots[:, None]  # [T, S]
-    own = slots[None, :] == query_slots[:, None]
-    return ((causal[None] & valid[:, None, :]) | own[None])[:, None]
+    queries = (query_slots if query_slots.ndim == 2 else query_slots[None])[..., None]  # [B or 1, T, 1]
+    causal, own = slots <= queries, slots == queries  # [B or 1, T, S]
+    return ((causal & valid[:, None, :]) | own)[:, None]
 
 
 def decode_step(decoder: Qwen2, tokens: torch.Tensor, positions: torch.Tensor, slot: torch.Tensor,
                 valid: torch.Tensor) -> torch.Tensor:
-    """tokens, positions [B, 1], slot [1] (the cache slot being written), valid [B, S] -> logits [B, vocab] (fp32)."""
+    """tokens, positions [B, 1], slot [1] or [B, 1] (the cache slot being written, shared or per row), valid [B, S]
+    -> logits [B, vocab] (fp32)."""
     x = decoder.embed_tokens(tokens)
     hidden = decoder(x, positions, attention_mask_for(valid, slot), cache_positions=slot)
     return decoder.logits(hidden[:, -1]).float()
@@ -135,9 +142,7 @@ class Generator:
 
     def __init__(self, model: Qwen2Audio, compile: bool | None = None):
         self.model = model
-        self.compile = _compile_pays(model) if compile is None else compile
-        if self.compile and model.device.type == "cpu" and not _compile_pays(model):
-            use_decode_kernels(model)  # on CPU, compiling pays through the fused matrix-vector kernels
+        self.compile = _setup_compile(model, compile)
         self._cache_shape: tuple[int, int] | None = None
         self._step = decode_step
         self._streaming = False
@@ -149,8 +154,7 @@ class Generator:
             setup_caches(self.model.decoder, batch_size, max_len)
             self._cache_shape = (batch_size, max_len)
             if self.compile:
-                mode = "reduce-overhead" if self.model.device.type == "cuda" else None
-                self._step = torch.compile(decode_step, fullgraph=True, dynamic=False, mode=mode)
+                self._step = _compiled_step(self.model)
         return self._cache_shape[1]
 
     def release(self) -> None:
@@ -232,6 +236,102 @@ class Generator:
         if not new:
             return input_ids
         return torch.cat([input_ids, torch.stack(new, dim=1)], dim=1)
+
+
+class ContinuousBatch:
+    """The KV cache's rows as independent sequences, for continuous batching (the server's engine): `prefill` puts
+    one prompt into a free row, `decode` advances the given rows by one token each in a single step, and a row is
+    free for the next request as soon as its owner is done (nothing to clear: the next prefill overwrites its slots,
+    and the causal mask over a row's own slots hides whatever lies beyond them).
+
+    Row r holds its tokens at cache slots 0..length-1, with RoPE positions equal to the slots (no padding inside a
+    row), so a request gives the same tokens whatever else is decoded beside it. Eager steps run on rows
+    [0, highest row given] and on the slots up to the longest of them (rounded up to CACHE_BUCKET); a compiled
+    step always runs on the whole cache, one shape (gpt-fast). The batch holds its own caches and puts them in the
+    decoder only while it runs, so that a `Generator` on the same model can take turns with it.
+    compile: as for `Generator`.
+    """
+
+    def __init__(self, model: Qwen2Audio, n_rows: int, max_len: int, compile: bool | None = None):
+        limit = model.config.text.max_positions
+        if n_rows < 1 or not 1 <= max_len <= limit:
+            raise ValueError(f"need n_rows >= 1 and 1 <= max_len <= {limit} (the model's positions), got "
+                             f"{n_rows} rows of {max_len}")
+        self.model, self.n_rows, self.max_len = model, n_rows, max_len
+        self.compile = _setup_compile(model, compile)
+        self.caches = make_caches(model.decoder, n_rows, max_len)  # its own: installed only while it runs
+        self.lengths = [0] * n_rows  # tokens in each row's cache
+        self._valid = torch.ones(n_rows, max_len, dtype=torch.bool, device=model.device)
+        self._step = _compiled_step(model) if self.compile else decode_step
+
+    def release(self) -> None:
+        """Free the KV caches."""
+        self.caches = []
+
+    def _rows(self, start: int, stop: int, length: int) -> list:
+        return [cache.rows(start, stop, self._span(length)) for cache in self.caches]
+
+    def _span(self, length: int) -> int:
+        return min(-(-length // CACHE_BUCKET) * CACHE_BUCKET, self.max_len)
+
+    @torch.inference_mode()
+    def prefill(self, row: int, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """One unpadded prompt (input_ids [1, T], its audio features) into `row` -> logits of its next token [V]."""
+        model, device = self.model, self.model.device
+        input_ids = inputs["input_ids"].to(device)
+        T = input_ids.shape[1]
+        if input_ids.shape[0] != 1 or not 0 < T < self.max_len:
+            raise ValueError(f"prefill takes one prompt of 1..{self.max_len - 1} tokens, got {tuple(input_ids.shape)}")
+        if not 0 <= row < self.n_rows:
+            raise ValueError(f"row {row} is not one of the batch's {self.n_rows} rows")
+        features = inputs.get("input_features")
+        x = model.embed(input_ids, None if features is None else features.to(device),
+                        inputs.get("feature_attention_mask"))
+        slots = torch.arange(T, device=device)
+        with using_caches(model.decoder, self._rows(row, row + 1, T)):
+            hidden = model.decoder(x, slots[None], attention_mask_for(self._valid[:1, :self._span(T)], slots),
+                                   cache_positions=slots)
+        self.lengths[row] = T
+        return model.decoder.logits(hidden[0, -1]).float()
+
+    @torch.inference_mode()
+    def decode(self, tokens: Mapping[int, int]) -> torch.Tensor:
+        """{row: its last token} -> logits [rows, V] of their next tokens (row r at index r; rows not given are
+        computed on a dummy token and must be ignored)."""
+        if any(self.lengths[r] >= self.max_len for r in tokens):
+            raise ValueError(f"a row is full ({self.max_len} tokens): stop it before it reaches max_len")
+        width = self.n_rows if self.compile else max(tokens) + 1
+        ids, slots = [0] * width, [0] * width
+        for r, token in tokens.items():
+            ids[r], slots[r] = token, self.lengths[r]
+        device = self.model.device
+        ids = torch.tensor(ids, device=device)[:, None]
+        slots = torch.tensor(slots, device=device)[:, None]
+        decoder = self.model.decoder
+        if self.compile:  # the whole cache: one shape, the same cache objects (no recompiles)
+            with using_caches(decoder, self.caches):
+                logits = self._step(decoder, ids, slots, slots, self._valid)
+        else:
+            longest = max(self.lengths[r] for r in tokens) + 1
+            with using_caches(decoder, self._rows(0, width, longest)):
+                logits = self._step(decoder, ids, slots, slots, self._valid[:width, :self._span(longest)])
+        for r in tokens:
+            self.lengths[r] += 1
+        return logits
+
+
+def _setup_compile(model: Qwen2Audio, compile: bool | None) -> bool:
+    """Whether to compile the decode step (None: where it pays); True on a plain CPU model installs the decode
+    kernels, through which compiling pays there."""
+    compile = _compile_pays(model) if compile is None else compile
+    if compile and model.device.type == "cpu" and not _compile_pays(model):
+        use_decode_kernels(model)
+    return compile
+
+
+def _compiled_step(model: Qwen2Audio):
+    mode = "reduce-overhead" if model.device.type == "cuda" else None  # CUDA graphs
+    return torch.compile(decode_step, fullgraph=True, dynamic=False, mode=mode)
 
 
 def _compile_pays(model: Qwen2Audio) -> bool:
