@@ -11,9 +11,10 @@ from pathlib import Path
 
 import torch
 
-from .api import Qwen2AudioForConditionalGeneration, load, parse_size
+from .api import Qwen2AudioForConditionalGeneration, default_model_path, load, parse_size
 from .audio import SAMPLE_RATE, AudioError, load_audio
 from .build import build_args, cmd_build
+from .vocab import cmd_trim_vocab, trim_vocab_args
 from .checkpoint import (DEFAULT_SHARD_SIZE, DTYPE_NAMES, LAYOUTS, CheckpointError, checkpoint_dtype,
                          checkpoint_files, read_config)
 from .chat import generation_options
@@ -25,6 +26,7 @@ from .model.config import PRESETS
 from .quant import quantize
 from .train.cli import add_arguments as train_args, run as cmd_train
 from .synth.cli import add_arguments as synth_args, run as cmd_synth
+from .serve.cli import add_arguments as serve_args, run as cmd_serve
 from .transcribe import OUTPUT_FORMATS, STYLES, format_transcription
 
 
@@ -85,7 +87,7 @@ def cmd_convert(args) -> None:
 
 
 def _info_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="checkpoint directory or preset name")
+    p.add_argument("model", nargs="?", help="checkpoint directory or preset name (default: the shipped demo model)")
 
 
 def _convert_args(p: argparse.ArgumentParser) -> None:
@@ -108,7 +110,8 @@ CHAT_HELP = """Type a message and press Enter; the answer streams back. Commands
 
 
 def _inference_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="checkpoint directory (Qwen2-Audio-7B[-Instruct] or one of ours)")
+    p.add_argument("--model", help="checkpoint directory (Qwen2-Audio-7B[-Instruct] or one of ours; default: the "
+                   "shipped demo model)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, mps ... (default: cpu)")
     p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="weight dtype (default: as stored)")
     p.add_argument("--max-new-tokens", type=int, help="most tokens to generate (default 256)")
@@ -284,13 +287,17 @@ def cmd_transcribe(args) -> None:
 COMMANDS = {
     "info": (cmd_info, _info_args, "config, parameter count and memory estimate of a checkpoint or preset"),
     "convert": (cmd_convert, _convert_args, "check a checkpoint and rewrite it in another layout or dtype"),
-    "build": (cmd_build, build_args, "a new, untrained Qwen2-Audio from a Whisper checkpoint and a Qwen2 LM"),
+    "build": (cmd_build, build_args, "a new, untrained Qwen2-Audio from a Whisper checkpoint and a Qwen2 LM (given "
+              "or new)"),
+    "trim-vocab": (cmd_trim_vocab, trim_vocab_args, "keep only the tokens a corpus uses (bytes and specials too): "
+                   "smaller embeddings, same tokenization of the corpus"),
     "run": (cmd_run, _run_args, "one turn: audio files and a prompt (none: voice chat); the answer is streamed"),
     "chat": (cmd_chat, _chat_args, "interactive chat: type text, attach audio with /audio FILE"),
     "transcribe": (cmd_transcribe, _transcribe_args, "speech to text for audio of any length (txt, json, srt)"),
     "train": (cmd_train, train_args, "pre-train, fine-tune (LoRA or full) or DPO from a YAML recipe; torchrun-ready"),
     "eval": (cmd_eval, eval_args, "score a local model or an OpenAI-compatible API on the report's benchmarks"),
     "synth": (cmd_synth, synth_args, "a synthetic multi-task audio corpus (sounds, questions, espeak-ng speech)"),
+    "serve": (cmd_serve, serve_args, "an OpenAI-compatible server (continuous batching, limits, a web page at /)"),
 }
 
 
@@ -307,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "model", "") is None and not getattr(args, "api", None):
+            args.model = str(default_model_path())  # every --model defaults to the embedded demo model
         args.func(args)
     except (CheckpointError, AudioError, ValueError, FileNotFoundError) as e:
         print(f"qwen2audio {args.command}: error: {e}", file=sys.stderr)

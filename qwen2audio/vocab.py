@@ -317,7 +317,7 @@ def cmd_trim_vocab(args) -> None:
 
 
 def trim_vocab_args(p) -> None:
-    p.add_argument("--model", required=True, help="checkpoint directory to trim")
+    p.add_argument("--model", help="checkpoint directory to trim (default: the shipped demo model)")
     p.add_argument("--corpus", required=True, nargs="+", metavar="FILE",
                    help="JSONL files of the corpus (pre-training task rows, SFT chats, DPO pairs)")
     p.add_argument("--out", required=True, help="new directory for the trimmed checkpoint")

@@ -16,8 +16,9 @@ DTYPES = ("float32", "bfloat16", "float16")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    who = p.add_mutually_exclusive_group(required=True)
-    who.add_argument("--model", help="a Qwen2-Audio checkpoint directory (the base model for ASR/S2TT, as the report)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--model", help="a Qwen2-Audio checkpoint directory (the base model for ASR/S2TT, as the report; "
+                     "default: the shipped demo model)")
     who.add_argument("--api", metavar="URL", help="an OpenAI-compatible server, e.g. http://localhost:8000/v1")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--benchmark", choices=sorted(PRESETS))
