@@ -266,10 +266,10 @@ def test_lr_schedule_warms_up_then_decays_to_the_floor():
 
 # -- config and command line ----------------------------------------------------------------------------------------
 def test_recipes_are_valid_configs(tiny):
-    recipes = sorted((REPO / "recipes").glob("*.yaml"))
-    assert len(recipes) >= 4
+    recipes = sorted((REPO / "recipes").glob("*.yaml")) + sorted((REPO / "recipes" / "demo").glob("*.yaml"))
+    assert len(recipes) >= 7
     for recipe in recipes:
-        stage = recipe.name.split("_")[0]
+        stage = recipe.stem.split("_")[0]
         config = load_config(recipe, ["data.num_workers=0"], stage=stage)
         assert config.stage == stage and config.data.train
 
@@ -300,3 +300,24 @@ def test_command_line_trains(tiny, tmp_path, capsys):
     assert "done: 2 steps" in capsys.readouterr().out
     assert main(["train", "--stage", "pretrain", "--config", str(tmp_path / "r.yaml"), "optim.nope=1"]) == 1
     assert "unknown key(s) nope" in capsys.readouterr().err
+
+
+def test_a_checkpoint_exports_the_model_it_holds(tiny, tmp_path, capsys):
+    """`train --export`: the model of a training checkpoint, without resuming; the last one equals the final model."""
+    from qwen2audio.cli import main
+
+    args = overrides(tiny, tmp_path, f"data.train={tiny / 'sft.jsonl'}", "model.lm=lora", "model.projector=full",
+                     "optim.lr=2e-2", "train.max_steps=6", "checkpoint.every=3", "checkpoint.keep=2",
+                     "checkpoint.save_final=true")
+    train(load_config(None, args, stage="sft"))
+    step3, step6 = tmp_path / "checkpoints" / "step-00000003", tmp_path / "checkpoints" / "step-00000006"
+    for step in (step3, step6):
+        assert main(["train", "--stage", "sft", "--export", str(step), *args]) == 0
+    final, last, earlier = (load(p) for p in (tmp_path / "final", tmp_path / "exports" / step6.name,
+                                             tmp_path / "exports" / step3.name))
+    ids = torch.tensor([[5, 9, 77, 3, 101, 42]])
+    with torch.no_grad():
+        torch.testing.assert_close(last(ids).logits, final(ids).logits, atol=0, rtol=0)
+        assert (earlier(ids).logits - final(ids).logits).abs().max() > 1e-3  # three more steps changed it
+    assert main(["train", "--stage", "sft", "--export", str(tmp_path), *args]) == 1
+    assert "is not a training checkpoint" in capsys.readouterr().err

@@ -134,6 +134,17 @@ def _prune(root: Path, keep: int) -> None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
+def load_model_weights(path: Path, module) -> None:
+    """Only the trained weights of checkpoint `path` into `module` (no optimizer, no trainer state)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    state = get_model_state_dict(module, options=OPTIONS)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load({"model": state}, checkpoint_id=Path(path) / "state")
+    set_model_state_dict(module, state, options=LOAD_OPTIONS)
+
+
 def load_checkpoint(path: Path, module, optimizer, d: Dist) -> dict[str, Any]:
     """Restore model, optimizer and this process's RNG state; returns the trainer state."""
     path = Path(path)

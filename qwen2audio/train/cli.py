@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. optim.lr=2e-4 data.batch_size=8")
     p.add_argument("--resume", nargs="?", const=True, default=None, metavar="PATH",
                    help="continue from the latest checkpoint in out_dir (or from PATH)")
+    p.add_argument("--export", metavar="CHECKPOINT", help="do not train: write the model of this training checkpoint "
+                   "(LoRA merged, hub layout) to out_dir/exports/<checkpoint name>, e.g. to evaluate it")
 
 
 def run(args: argparse.Namespace) -> None:
@@ -31,6 +33,16 @@ def run(args: argparse.Namespace) -> None:
     if isinstance(args.resume, str) and "=" in args.resume and not os.path.exists(args.resume):
         args.overrides, args.resume = [*args.overrides, args.resume], True  # `--resume key=value`: not a path
     config = load_config(args.config, args.overrides, stage=args.stage)
+    if args.export:
+        from .loop import export_checkpoint
+
+        checkpoint = os.path.normpath(args.export)
+        if not os.path.isfile(os.path.join(checkpoint, "trainer.pt")):
+            raise FileNotFoundError(f"{checkpoint} is not a training checkpoint (no trainer.pt): give "
+                                    "out_dir/checkpoints/step-N")
+        out = export_checkpoint(config, checkpoint, os.path.join(config.out_dir, "exports", os.path.basename(checkpoint)))
+        print(f"wrote {out}")
+        return
     code = 1
     try:
         run_ = train(config, resume=args.resume)

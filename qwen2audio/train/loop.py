@@ -26,7 +26,7 @@ from ..api import Qwen2AudioForConditionalGeneration
 from ..data import Batch, BatchLoader, Encoder, Planner, make_dataloader
 from ..files import atomic_write
 from . import dpo, pretrain, sft
-from .checkpointing import clean_partial, latest_checkpoint, load_checkpoint, save_checkpoint
+from .checkpointing import clean_partial, latest_checkpoint, load_checkpoint, load_model_weights, save_checkpoint
 from .config import TrainConfig, to_yaml
 from .distributed import (Dist, all_reduce_sum, barrier, broadcast_object, init_distributed, no_sync,
                           shard_layers, wrap)
@@ -362,31 +362,49 @@ def validate(run: Run) -> dict[str, float]:
 
 
 # -- finish --------------------------------------------------------------------------------------------------------
-def export_state_dict(run: Run) -> dict[str, torch.Tensor] | None:
+def export_state_dict(module: torch.nn.Module, model: Qwen2AudioForConditionalGeneration,
+                      d: Dist) -> dict[str, torch.Tensor] | None:
     """The full model state (LoRA merged) on the first process; None on the others. Every process must call it."""
-    state = get_model_state_dict(run.module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if not run.dist.is_main:
+    state = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not d.is_main:
         return None
     state = {k.removeprefix("model."): v for k, v in state.items()}
-    return merge_lora_state_dict(state, lora_scalings(run.model))
+    return merge_lora_state_dict(state, lora_scalings(model))
+
+
+def write_model(module: torch.nn.Module, model: Qwen2AudioForConditionalGeneration, config: TrainConfig, d: Dist,
+                directory: Path) -> None:
+    """The trained model, LoRA merged, in the Hugging Face layout (with tokenizer and preprocessor files)."""
+    state = export_state_dict(module, model, d)
+    if d.is_main:
+        with torch.device("meta"):
+            final = Qwen2AudioForConditionalGeneration(model.config)
+        final.load_state_dict(state, assign=True)
+        final.processor = model.processor
+        final.hf_config = getattr(model, "hf_config", {})
+        final.generation_config = getattr(model, "generation_config", None)
+        dtype = config.checkpoint.final_dtype or (final.hf_config.get("torch_dtype") if final.hf_config else None)
+        final.save_pretrained(directory, dtype=dtype)
+    barrier(d)
 
 
 def save_final(run: Run, directory: str | Path | None = None) -> Path | None:
-    """The trained model, LoRA merged, in the Hugging Face layout (with tokenizer and preprocessor files)."""
-    state = export_state_dict(run)
     directory = Path(directory or run.out_dir / "final")
+    write_model(run.module, run.model, run.config, run.dist, directory)
     if run.dist.is_main:
-        with torch.device("meta"):
-            final = Qwen2AudioForConditionalGeneration(run.model.config)
-        final.load_state_dict(state, assign=True)
-        final.processor = run.model.processor
-        final.hf_config = getattr(run.model, "hf_config", {})
-        final.generation_config = getattr(run.model, "generation_config", None)
-        dtype = run.config.checkpoint.final_dtype or (final.hf_config.get("torch_dtype") if final.hf_config else None)
-        final.save_pretrained(directory, dtype=dtype)
         run.writer.note(f"saved the final model to {directory}")
-    barrier(run.dist)
     return directory if run.dist.is_main else None
+
+
+def export_checkpoint(config: TrainConfig, checkpoint: str | Path, directory: str | Path) -> Path:
+    """The model a training checkpoint of `config`'s run holds, in the Hugging Face layout, without resuming the run
+    (one process): to evaluate a run's checkpoints (a learning curve), or keep one that did better than the end."""
+    d = init_distributed(config.distributed, config.device)
+    prepared = prepare(config.model, config.train.seed)
+    module = TokenLogProbs(prepared.model)
+    load_model_weights(Path(checkpoint), module)
+    write_model(module, prepared.model, config, d, Path(directory))
+    return Path(directory)
 
 
 def finish(run: Run) -> Path | None:
