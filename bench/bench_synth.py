@@ -1,6 +1,7 @@
 """Throughput of `qwen2audio synth`: clips/s and audio-hours per hour, per task family and for the whole mix.
 
     .venv/bin/python bench/bench_synth.py [--clips 400] [--workers N] [--tasks asr:8,noisy_asr:2,...]
+                                         [--families names cmn_asr ...]
 
 Each family is generated alone with one worker (its cost per clip), then the mix (`--tasks`, weighted as for
 `qwen2audio synth`; default: all families alike) with `--workers` processes (default: all cores) into a fresh
@@ -34,9 +35,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=default_workers())
     parser.add_argument("--tasks", nargs="+", help="the mix, NAME[:WEIGHT] items (default: every family once)")
     parser.add_argument("--mix-only", action="store_true", help="skip the per-family lines")
+    parser.add_argument("--families", nargs="+", choices=list(TASKS), help="the per-family lines (default: all)")
     args = parser.parse_args()
     print(f"{'family':<10}{'clips/s':>10}{'audio h/h':>11}   (1 worker, {max(args.clips // 10, 10)} clips)")
-    for name in [] if args.mix_only else TASKS:
+    for name in [] if args.mix_only else args.families or TASKS:
         rate, speed = timed([name], max(args.clips // 10, 10), 1)
         print(f"{name:<10}{rate:>10.1f}{speed:>11.0f}")
     rate, speed = timed(args.tasks, args.clips, args.workers)

@@ -7,6 +7,7 @@ import io
 import json
 import math
 import random
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -18,7 +19,8 @@ import soundfile as sf
 from qwen2audio.audio import SAMPLE_RATE
 from qwen2audio.data.rows import Chat, Preference, TaskRow, parse_row
 from qwen2audio.eval.datasets import get_benchmark, load_manifest
-from qwen2audio.synth import TASKS, corpus, effects, generate, resolve, sounds, speech, tasks, text, translation, world
+from qwen2audio.synth import (TASKS, corpus, effects, fortunes, generate, names, resolve, sentences, sounds, speech,
+                              tasks, text, translation, world)
 
 def _missing_engine() -> str | None:
     try:
@@ -56,9 +58,9 @@ def _spectral_slope(x: np.ndarray) -> float:
     return float(np.polyfit(np.log(f[band]), np.log(power[band] + 1e-20), 1)[0])
 
 
-def _f0(x: np.ndarray) -> float:
-    """Median pitch of the voiced 40-ms frames by autocorrelation (60..400 Hz)."""
-    n, lo, hi = int(0.04 * SAMPLE_RATE), SAMPLE_RATE // 400, SAMPLE_RATE // 60
+def _f0(x: np.ndarray, top_hz: int = 400) -> float:
+    """Median pitch of the voiced 40-ms frames by autocorrelation (60..top_hz Hz)."""
+    n, lo, hi = int(0.04 * SAMPLE_RATE), SAMPLE_RATE // top_hz, SAMPLE_RATE // 60
     pitches = []
     for start in range(0, len(x) - n, n):
         frame = x[start:start + n] - x[start:start + n].mean()
@@ -260,11 +262,11 @@ def test_manifests_are_read_by_the_trainer_and_the_evaluator(corpus_dir):
             row = json.loads(line)
             audio, rate = sf.read(folder / row["audio"])
             assert rate == SAMPLE_RATE and audio.ndim == 1 and len(audio) >= 0.25 * SAMPLE_RATE
+    family = lambda source: source.removesuffix("_flite").rsplit("_", 1)[0]  # noqa: E731  (flite rows apart)
     asr_files = [m for m in sorted((corpus_dir / "eval").glob("*.jsonl"))
-                 if m.stem.rsplit("_", 1)[0] in ("synth_asr", "synth_numbers", "synth_noisy_asr", "synth_open_asr")]
+                 if family(m.stem) in ("synth_asr", "synth_numbers", "synth_noisy_asr", "synth_open_asr")]
     items = [i for m in asr_files for i in load_manifest(get_benchmark("asr"), m)]  # the official form still reads
-    assert {i.source.rsplit("_", 1)[0] for i in items} == {"synth_asr", "synth_numbers", "synth_noisy_asr",
-                                                            "synth_open_asr"}
+    assert {family(i.source) for i in items} == {"synth_asr", "synth_numbers", "synth_noisy_asr", "synth_open_asr"}
     assert all(Path(i.audio).is_file() and i.language in ("en", "zh", "yue", "fr", "it", "es", "de", "ja")
                and i.prompt.endswith(f"<|{i.language}|>") for i in items)
 
@@ -591,3 +593,223 @@ def test_multi_audio_answers_by_measurement():
         else:
             named = item.instruction.split(" is in ")[1].split(",")[0]
             assert tasks.language_name(item.fields["languages"][("first", "second").index(item.answer)]) == named
+
+
+# -- part B: ASR beyond English, names and places, age -------------------------------------------------------------
+OLD_FAMILIES = ("sound", "count", "pitch", "order", "loudness", "asr", "lid", "gender", "numbers", "open_asr",
+                "noisy_asr", "caption", "voice_chat", "style", "s2tt", "facts", "dialog", "compare")
+PART_B_ASR = {"names": None, "cmn_asr": "cmn", "yue_asr": "yue", "fr_asr": "fr", "ja_asr": "ja"}
+HAN = "\u4e00-\u9fff"
+KANA = "\u3040-\u30ff"
+# words of written Cantonese that standard Mandarin does not use (it writes 在 了 的 不 们 他 来 那 这 是 些 东西 昨天 明天
+# 喜欢 喝 家里 现在 回 礼拜 今天 一起)
+CANTONESE_WORDS = ("喺", "咗", "嘅", "唔", "哋", "佢", "嚟", "嗰", "呢", "係", "啲", "嘢", "琴日", "聽日", "尋晚", "鍾意",
+                   "飲", "屋企", "而家", "返", "禮拜", "今日", "一齊")
+EUROPEAN = ("en", "fr", "it", "es", "de")
+
+
+def _phonemes(text: str, voice: str) -> list[str]:
+    """espeak-ng's phonemes of each line of `text`; a line it reads in another language holds a "(en)" switch."""
+    run = __import__("subprocess").run([speech.ESPEAK, "-v", voice, "-q", "-x"], input=text, capture_output=True,
+                                       text=True, check=True)
+    return run.stdout.splitlines()
+
+
+def _own_language_margin(sentence: str, language: str) -> float:
+    """How much more frequent (wordfreq zipf, mean over the words) the words are in `language` than in the most
+    likely other European language of the report: > 0 means the text reads as `language`."""
+    wordfreq = pytest.importorskip("wordfreq")
+    words = [w.lower() for w in re.findall(r"[^\W\d_]+", sentence)]
+    mean = {lang: np.mean([wordfreq.zipf_frequency(w, lang) for w in words]) for lang in EUROPEAN}
+    return mean[language] - max(v for lang, v in mean.items() if lang != language)
+
+
+def test_mandarin_fortunes_are_short_simplified_sentences_split_by_text():
+    opencc = pytest.importorskip("opencc")
+    raw = ("\x1b[32m《题目》\x1b[m\n\x1b[33m作者：某人\x1b[m\n床前明月光，疑是地上霜。\n举头望明月，\n低头思故乡。\n%\n"
+           "這是一個繁體字的句子，不要它。\n%\nDebian 是一个自由的操作系统。短。\n%\n一人传虚，百人传实。\n")
+    assert fortunes.clean_mandarin(raw) == ["床前明月光，疑是地上霜。", "举头望明月，低头思故乡。", "一人传虚，百人传实。"]
+    if not fortunes.mandarin_files():
+        pytest.skip("fortunes-zh is not installed")
+    pool = fortunes.mandarin_sentences()
+    assert len(pool["train"]) > 3000 and len(pool["test"]) > 300 and not set(pool["train"]) & set(pool["test"])
+    every = pool["train"] + pool["test"]
+    for sentence in every:
+        han = [ch for ch in sentence if f"{HAN[0]}" <= ch <= f"{HAN[-1]}"]
+        assert fortunes.HAN_RANGE[0] <= len(han) <= fortunes.HAN_RANGE[1] and sentence[-1] in "。！？", sentence
+        assert set(sentence) - set(han) <= set("，、；：。！？"), sentence
+    # Simplified: OpenCC's Traditional->Simplified leaves almost all as they are (a handful keep 乾 or 覆, as
+    # Simplified does in 乾坤), and Simplified->Traditional changes nearly every one
+    t2s, s2t = opencc.OpenCC("t2s"), opencc.OpenCC("s2t")
+    assert sum(t2s.convert(s) != s for s in every) < 0.002 * len(every)
+    assert sum(s2t.convert(s) != s for s in every) > 0.9 * len(every)
+    assert all(text.sentence_split(s) == "test" for s in pool["test"])
+
+
+def test_names_and_places_come_from_faker_in_each_language():
+    pytest.importorskip("faker")
+    for language in names.FAKER_LOCALES:
+        people, places = names.people(language), names.places(language)
+        assert len(people) >= 40 and len(places) >= 10, language
+        assert people == tuple(sorted(set(people), key=lambda n: (n.text, n.reading, n.sex or "")))  # fixed order
+    assert {n.sex for n in names.people("de")} == {"male", "female"}
+    assert all(all(f"{KANA[0]}" <= ch <= f"{KANA[-1]}" for ch in n.reading) for n in names.people("ja"))
+    rng = random.Random(0)
+    for language in names.FAKER_LOCALES:
+        for _ in range(15):
+            sentence = sentences.names_sentence(rng, language, "train")
+            assert any(n.text in sentence.text and n.reading in sentence.reading for n in names.people(language))
+            if language in EUROPEAN:
+                assert _own_language_margin(sentence.text, language) > 0.3, sentence
+    assert sentences._spanish_and("Sonia y Isabel van") == "Sonia e Isabel van"  # y -> e before an i sound
+    assert sentences._spanish_and("Sonia y Hilario y Hierro") == "Sonia e Hilario y Hierro"
+    assert sentences._spanish_before_noun("tiene veintiuno años, treinta y uno años") == (
+        "tiene veintiún años, treinta y un años")
+    spanish = [sentences.names_sentence(rng, "es", "train").text for _ in range(300)]
+    assert not any("uno años" in s or re.search(r" y (I|Hi)(?![aeo])", s) for s in spanish)
+
+
+def test_part_b_text_is_in_its_language():
+    opencc = pytest.importorskip("opencc")
+    pytest.importorskip("faker")
+    rng = random.Random(1)
+    t2s = opencc.OpenCC("t2s")
+    french = [sentences.french_sentence(rng, "train") for _ in range(200)]
+    assert {s.template for s in french} >= {"translation", *sentences.FRENCH_TEMPLATES}  # grammar side and templates
+    for s in french:
+        assert _own_language_margin(s.text, "fr") > 1.0 and s.text[0].isupper() and s.text.endswith("."), s
+        first = s.text.replace("'", " ").split()[0]
+        if s.template == "translation" and first not in ("Le", "La", "Les", "L", "Nous", "Je", "J"):
+            assert first in {n.text for n in names.people("fr")}, s  # the grammar's subject: a Faker French name
+    cantonese = [sentences.cantonese_sentence(rng, "train") for _ in range(200)]
+    for s in cantonese:
+        assert all(f"{HAN[0]}" <= ch <= f"{HAN[-1]}" or ch in "，。？" for ch in s.text), s
+    assert sum(t2s.convert(s.text) != s.text for s in cantonese) > 0.9 * len(cantonese)  # Traditional characters
+    assert sum(any(w in s.text for w in CANTONESE_WORDS) for s in cantonese) > 0.9 * len(cantonese)
+    japanese = [sentences.japanese_sentence(rng, "train") for _ in range(200)]
+    for s in japanese:
+        assert any("\u3040" <= ch <= "\u309f" for ch in s.text) and s.text.endswith("。"), s  # hiragana
+        assert all(f"{KANA[0]}" <= ch <= f"{KANA[-1]}" or ch in "、。" for ch in s.reading), s  # no kanji read
+    assert sum(any(f"{HAN[0]}" <= ch <= f"{HAN[-1]}" for ch in s.text) for s in japanese) > 0.9 * len(japanese)
+    for make in (sentences.french_sentence, sentences.japanese_sentence, sentences.cantonese_sentence):
+        train = {make(rng, "train").text for _ in range(300)}
+        test = {make(rng, "test").text for _ in range(60)}
+        assert len(test) > 30 and not train & test
+
+
+@needs_engines
+def test_espeak_reads_part_b_scripts_in_their_own_language():
+    pytest.importorskip("faker")
+    characters = sorted({ch for split in fortunes.mandarin_sentences().values() for s in split for ch in s
+                         if f"{HAN[0]}" <= ch <= f"{HAN[-1]}"})
+    lines = _phonemes("。\n".join(characters) + "。", speech.HANZI_VOICES["cmn"])
+    assert len(lines) == len(characters) and not [c for c, l in zip(characters, lines) if "(en)" in l]
+    assert "(en)" in _phonemes("今天天气很好", speech.ESPEAK_VOICES["cmn"])[0]  # why Mandarin needs HANZI_VOICES
+    rng = random.Random(2)
+    cantonese = sorted({ch for s in (sentences.cantonese_sentence(rng, "train") for _ in range(300)) for ch in s.text
+                        if f"{HAN[0]}" <= ch <= f"{HAN[-1]}"})
+    lines = _phonemes("。\n".join(cantonese) + "。", "yue")
+    assert len(lines) == len(cantonese) and not any("(en)" in line for line in lines)
+    readings = [sentences.japanese_sentence(rng, "train").reading.replace("、", "").rstrip("。") for _ in range(40)]
+    assert not any("(en)" in line for line in _phonemes("\n".join(readings), "ja"))
+    written = sentences.japanese_sentence(random.Random(0), "train").text
+    assert "(en)" in "".join(_phonemes(written, "ja"))  # espeak-ng spells kanji out in English: why ja speaks kana
+
+
+@needs_engines
+def test_part_b_asr_items_speak_their_sentence():
+    for family, language in PART_B_ASR.items():
+        for seed in range(6):
+            draw = _draw(seed, "test" if seed % 2 else "train", (language,) if language else tasks.LANGUAGES)
+            item = TASKS[family].make(draw)
+            spoken = item.fields["language"]
+            assert item.kind == "asr" and item.labels == () and spoken in TASKS[family].languages
+            seconds = len(item.audio) / SAMPLE_RATE
+            letters = len([ch for ch in item.fields.get("reading", item.answer) if ch.isalpha()])
+            assert 2 < letters / seconds < 25, (family, item.answer, seconds)  # spoken, at a speaking rate
+            if spoken == "cmn":
+                assert item.voice.startswith(f"espeak:{speech.HANZI_VOICES['cmn']}+")
+            if spoken in tasks.CHARACTER_SCRIPTS:
+                assert item.wrong and item.answer not in item.wrong
+            if seed % 2:
+                assert text.sentence_split(f"{spoken}:{item.answer}") == "test" or family == "cmn_asr"
+    assert TASKS["cmn_asr"].make(_draw(1, "test", ("cmn",))).answer in fortunes.mandarin_sentences()["test"]
+
+
+@needs_engines
+def test_part_b_eval_rows_name_their_metric(corpus_dir):
+    rows = [json.loads(line) for m in sorted((corpus_dir / "eval").glob("*.jsonl"))
+            for line in m.read_text().splitlines()]
+    by_task = {r["task"]: r for r in rows}
+    expected = {"cmn_asr": ("synth_cmn_asr_zh", "cer"), "yue_asr": ("synth_yue_asr_yue", "cer"),
+                "ja_asr": ("synth_ja_asr_ja", "cer"), "fr_asr": ("synth_fr_asr_fr", "wer"),
+                "age": ("synth_age", "accuracy")}
+    for task, (source, metric) in expected.items():
+        assert (by_task[task]["source"], by_task[task]["metric"]) == (source, metric)
+    names_row = by_task["names"]
+    assert names_row["metric"] == ("cer" if names_row["language"] in corpus.CHARACTER_LANGUAGES else "wer")
+    assert names_row["source"] == f"synth_names_{names_row['language']}"
+    assert by_task["age"]["labels"] == list(tasks.AGES) and by_task["age"]["gt"] in tasks.AGES
+
+
+def test_tremor_wobbles_pitch_and_level_by_the_drawn_depths():
+    tone = sounds.finish(sounds.tone(200.0, 2.0), 0.5)
+    shaken = effects.tremor(tone, 5.0, 0.04, 0.4)
+    frame = SAMPLE_RATE // 20  # 50 ms: four tremor cycles a second are resolved
+    spans = range(SAMPLE_RATE // 5, len(tone) - frame - SAMPLE_RATE // 5, frame // 5)
+    freqs = [_dominant_hz(np.pad(shaken[i:i + frame], (0, 15 * frame))) for i in spans]  # zero-padded: 1.25 Hz bins
+    assert max(freqs) / min(freqs) == pytest.approx(1.04 / 0.96, abs=0.03)
+    level = np.array([effects.rms(shaken[i:i + frame // 2]) for i in spans])
+    assert 1 - level.min() / level.max() == pytest.approx(0.4, abs=0.06)
+    cycle = np.abs(np.fft.rfft(level - level.mean()))
+    assert np.fft.rfftfreq(len(level), frame / 5 / SAMPLE_RATE)[np.argmax(cycle)] == pytest.approx(5.0, abs=0.4)
+
+
+@needs_engines
+def test_age_labels_by_measured_pitch_and_speaking_rate():
+    measured: dict[str, list[tuple[float, float]]] = {age: [] for age in tasks.AGES}
+    for seed in range(36):
+        item = tasks.make_age(_draw(seed, "test" if seed % 4 == 0 else "train", ("en",)))
+        assert item.kind == "age" and item.labels == tasks.AGES and item.answer in tasks.AGES
+        rate = len(item.fields["params"]["text"]) / (len(item.audio) / SAMPLE_RATE)  # characters per second
+        measured[item.answer].append((_f0(item.audio, top_hz=600), rate))
+    f0 = {age: [m[0] for m in v] for age, v in measured.items()}
+    rate = {age: np.median([m[1] for m in v]) for age, v in measured.items()}
+    assert all(len(v) >= 6 for v in f0.values())
+    assert min(f0["child"]) > max(f0["adult"]) and min(f0["child"]) > 250  # a child's pitch, above every adult's
+    assert np.median(f0["elderly"]) < np.median(f0["child"]) / 2
+    assert rate["elderly"] < 0.88 * rate["adult"]  # old voices speak slower
+    voices = {tasks.make_age(_draw(s, "test", ("en",))).voice for s in range(8)}
+    assert all(v.rsplit("+", 1)[1] in speech.TEST_VARIANTS for v in voices)  # held-out voices in test
+
+
+def test_part_b_bad_arguments_are_one_clear_error(monkeypatch):
+    with pytest.raises(ValueError, match="task 'ja_asr' speaks only ja"):
+        resolve(["ja_asr"], ["fr"], clips=3)
+    with pytest.raises(ValueError, match="no Faker locale for language 'xx'"):
+        names._faker("xx")
+    monkeypatch.setattr(fortunes, "DPKG_LISTS", Path("/nonexistent"))
+    fortunes.mandarin_sentences.cache_clear()
+    try:
+        with pytest.raises(speech.EngineError, match="apt-get install fortunes-zh"):
+            resolve(["cmn_asr"], None, clips=3)
+    finally:
+        monkeypatch.undo()
+        fortunes.mandarin_sentences.cache_clear()
+    real_find_spec = speech.importlib.util.find_spec
+    monkeypatch.setattr(speech.importlib.util, "find_spec", lambda m: None if m == "faker" else real_find_spec(m))
+    with pytest.raises(speech.EngineError, match="the Python package faker is not installed"):
+        resolve(["names"], None, clips=3)
+
+
+@needs_engines
+def test_new_families_leave_the_old_families_bytes_alone(tmp_path, monkeypatch):
+    """Registering part B changes nothing an older family renders: the same corpus with the registry cut back to the
+    old families has the same bytes, and the old families' voices keep their names and espeak-ng voices."""
+    config = resolve(list(OLD_FAMILIES), ["en", "cmn", "fr"], clips=24, seed=11)
+    generate(config, tmp_path / "all", workers=1)
+    monkeypatch.setattr(corpus, "TASKS", {name: TASKS[name] for name in OLD_FAMILIES})
+    generate(config, tmp_path / "old", workers=1)
+    assert _files(tmp_path / "all") == _files(tmp_path / "old")
+    voice = speech.Voice("espeak", "cmn", "male", "m1")
+    assert voice.name == "espeak:cmn+m1" and voice.espeak_name == "cmn"  # the old families keep espeak-ng's cmn

@@ -37,7 +37,7 @@ from ..data.prompts import draw_instruction
 from ..data.rows import AUDIO_TAG
 from ..files import atomic_write, atomic_write_json
 from ..tokenizer import AUDIO_PLACEHOLDER, base_prompt
-from .speech import require_engine
+from .speech import FLITE, require_engine
 from .tasks import LANGUAGES, TASKS, Draw, Item
 
 SPLITS = ("train", "test")
@@ -324,13 +324,16 @@ def eval_row(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     single_asr = record["kind"] == "asr" and not record.get("turns")
     if single_asr:
         source, prompt = f"synth_{record['task']}_{language}", base_prompt("asr", language)
+        if (record.get("voice") or "").startswith(f"{FLITE}:"):  # the engine held out of training: scored apart
+            source += f"_{FLITE}"
     elif record["kind"] == "s2tt":
         source, prompt = f"synth_{record['task']}_{target}", base_prompt("translate", language, target)
     else:
         source, prompt = f"synth_{record['task']}", AUDIO_PLACEHOLDER * len(audios) + record["instruction"]
     row = {"id": record["id"], "audio": audios[0], "source": source, "task": record["task"], "kind": record["kind"],
            "prompt": prompt, "instruction": record["instruction"], "gt": record["answer"],
-           "labels": list(record["labels"]), "metric": eval_metric(record, language), "language": language}
+           "labels": list(record["labels"]), "metric": eval_metric(record, language), "language": language,
+           "voice": record.get("voice")}
     if target:
         row["target"] = target
     if len(audios) > 1:

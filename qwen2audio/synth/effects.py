@@ -58,3 +58,14 @@ def speed_and_gain(audio: np.ndarray, speed: float, gain_db: float) -> np.ndarra
     out = soxr.resample(audio, SAMPLE_RATE * speed, SAMPLE_RATE) if speed != 1 else np.asarray(audio)
     out = out * 10 ** (gain_db / 20)
     return (out / max(1.0, np.abs(out).max() / PEAK_LIMIT)).astype(np.float32)
+
+
+def tremor(audio: np.ndarray, hz: float, pitch_depth: float, level_depth: float) -> np.ndarray:
+    """A shaking voice (the elderly voices of the age family), as the vocal tremor of old age (4-7 Hz): the pitch
+    wobbles by +-`pitch_depth` (a fraction; the clip is read at the rate 1 + pitch_depth*cos(2 pi hz t), a time warp
+    by linear interpolation) and the level dips by up to `level_depth` (a fraction) at `hz`."""
+    t = np.arange(len(audio)) / SAMPLE_RATE
+    phase = 2 * np.pi * hz * t
+    warped = (t + pitch_depth / (2 * np.pi * hz) * np.sin(phase)) * SAMPLE_RATE
+    out = np.interp(warped, np.arange(len(audio)), audio) * (1 - level_depth * (1 + np.sin(phase)) / 2)
+    return (out / max(1.0, np.abs(out).max() / PEAK_LIMIT)).astype(np.float32)

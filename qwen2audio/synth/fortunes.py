@@ -76,3 +76,56 @@ def fortune_sentences(language: str) -> dict[str, tuple[str, ...]]:
         raise EngineError(f"no fortune files for {language}: apt-get install {package}")
     sentences = sorted({s for f in files for s in clean_sentences(_read(f), language)})
     return {split: tuple(s for s in sentences if sentence_split(s) == split) for split in ("train", "test")}
+
+
+# -- Mandarin: Debian's fortunes-zh (poems, sayings and a few notes; files at the top of FORTUNE_DIR) ----------------
+MANDARIN_PACKAGE = "fortunes-zh"
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # the files colour titles, authors and attributions
+HAN = r"\u4e00-\u9fff"
+MANDARIN_ALLOWED = re.compile(f"[{HAN}，、；：]+[。！？]")  # characters and Chinese punctuation only: no Latin, digits
+MANDARIN_END = re.compile(r"(?<=[。！？])")
+HAN_RANGE = (6, 24)  # sentence length kept, in characters
+SIMPLIFIED = "gb2312"  # GB 2312 encodes Simplified characters only: a fortune it cannot encode is Traditional (or odd)
+
+
+def mandarin_files() -> list[Path]:
+    listing = DPKG_LISTS / f"{MANDARIN_PACKAGE}.list"
+    if not listing.exists():
+        return []
+    paths = {Path(line) for line in listing.read_text().split()}
+    return sorted(p for p in paths if p.parent == FORTUNE_DIR and p.suffix == "" and p.is_file()
+                  and not p.is_symlink())
+
+
+def clean_mandarin(text: str) -> list[str]:
+    """The short Simplified-Chinese sentences of one fortunes-zh file: wrapped lines joined (Chinese has no spaces
+    between words) into paragraphs, which blank lines and the coloured lines (titles, authors) end, then split after
+    。！？; whole fortunes outside GB 2312 are skipped."""
+    out = []
+    for fortune in text.split("\n%\n"):
+        try:
+            fortune.encode(SIMPLIFIED)
+        except UnicodeEncodeError:
+            continue
+        paragraphs = [[]]
+        for line in fortune.splitlines():
+            if line.strip() and not ANSI_ESCAPE.search(line):
+                paragraphs[-1].append(line.strip())
+            elif paragraphs[-1]:
+                paragraphs.append([])
+        for paragraph in paragraphs:
+            for sentence in MANDARIN_END.split("".join(paragraph)):
+                characters = len(re.findall(f"[{HAN}]", sentence))
+                if MANDARIN_ALLOWED.fullmatch(sentence) and HAN_RANGE[0] <= characters <= HAN_RANGE[1]:
+                    out.append(sentence)
+    return out
+
+
+@lru_cache(maxsize=None)
+def mandarin_sentences() -> dict[str, tuple[str, ...]]:
+    """{'train': (...), 'test': (...)}: fortunes-zh's cleaned, deduplicated, sorted sentences by split."""
+    files = mandarin_files()
+    if not files:
+        raise EngineError(f"no Mandarin fortune files: apt-get install {MANDARIN_PACKAGE}")
+    sentences = sorted({s for f in files for s in clean_mandarin(f.read_text(encoding="utf-8"))})
+    return {split: tuple(s for s in sentences if sentence_split(s) == split) for split in ("train", "test")}

@@ -22,6 +22,10 @@ from ..audio import SAMPLE_RATE
 
 ESPEAK = "espeak-ng"
 ESPEAK_VOICES = {"en": "en", "cmn": "cmn", "yue": "yue", "fr": "fr", "it": "it", "es": "es", "de": "de", "ja": "ja"}
+# espeak-ng 1.51's "cmn" voice reads most Han characters as their pinyin spelt out in English, tone digits included
+# ("jin one tian one" for 今天); "cmn-latn-pinyin" reads them as Mandarin. The families of part B speak Mandarin with
+# it (Voice.espeak_voice); the older families keep "cmn", so the corpora they make keep their bytes.
+HANZI_VOICES = {"cmn": "cmn-latn-pinyin"}
 MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8")
 FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
 WHISPER_VARIANTS = {"male": "whisper", "female": "whisperf"}
@@ -76,13 +80,18 @@ class Voice:
     amplitude: int = AMPLITUDE["normal"]
 
     stretch: float = 1.0  # flite's duration_stretch
+    espeak_voice: str = ""  # the espeak-ng language voice, where it is not ESPEAK_VOICES[language] (HANZI_VOICES)
+
+    @property
+    def espeak_name(self) -> str:
+        return self.espeak_voice or ESPEAK_VOICES[self.language]
 
     @property
     def name(self) -> str:
         """The voice's identity (engine, language, variant): what 'held-out voice' means."""
         if self.engine in (FLITE, FESTIVAL):
             return f"{self.engine}:{self.variant}"
-        return f"{self.engine}:{ESPEAK_VOICES[self.language]}+{self.variant}"
+        return f"{self.engine}:{self.espeak_name}+{self.variant}"
 
 
 def variants(sex: str, split: str) -> tuple[str, ...]:
@@ -92,7 +101,7 @@ def variants(sex: str, split: str) -> tuple[str, ...]:
 
 def espeak(text: str, voice: Voice) -> np.ndarray:
     """Speak `text` with espeak-ng; float32 at SAMPLE_RATE."""
-    command = [ESPEAK, "-v", f"{ESPEAK_VOICES[voice.language]}+{voice.variant}", "-s", str(voice.rate),
+    command = [ESPEAK, "-v", f"{voice.espeak_name}+{voice.variant}", "-s", str(voice.rate),
                "-p", str(voice.pitch), "-a", str(voice.amplitude), "--stdout", text]
     try:
         data = subprocess.run(command, capture_output=True, check=True).stdout

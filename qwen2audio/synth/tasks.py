@@ -6,18 +6,19 @@ from __future__ import annotations
 
 import operator
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
 
 from ..audio import SAMPLE_RATE
 from ..data.prompts import draw_instruction, language_name
-from . import effects, sounds
-from .fortunes import LANGUAGE_DIRS, fortune_sentences
+from . import effects, sentences, sounds
+from .fortunes import LANGUAGE_DIRS, fortune_sentences, mandarin_sentences
 from .effects import SOX
-from .speech import (AMPLITUDE, ESPEAK, FESTIVAL, FESTIVAL_VOICES, FLITE, FLITE_STRETCH, FLITE_VOICES, PITCH_RANGE,
-                     RATE_WPM, WHISPER_VARIANTS, Voice, espeak, speak, variants)
+from .sentences import Sentence
+from .speech import (AMPLITUDE, ESPEAK, FESTIVAL, FESTIVAL_VOICES, FLITE, FLITE_STRETCH, FLITE_VOICES, HANZI_VOICES,
+                     PITCH_RANGE, RATE_WPM, WHISPER_VARIANTS, Voice, espeak, speak, variants)
 from .text import PHRASES, english_sentence, number_item, sentence_split
 from .translation import TARGETS, translation_pair
 from .world import fact_question, wrong_answers
@@ -371,6 +372,121 @@ def _load_fortunes(languages: tuple[str, ...]) -> None:
             fortune_sentences(language)
 
 
+# -- part B: ASR beyond English, names and places, age ---------------------------------------------------------------
+CHARACTER_SCRIPTS = ("cmn", "yue", "ja")  # written without spaces: a wrong transcript drops a character, not a word
+FAKER = "py:faker"
+NUM2WORDS = "py:num2words"
+
+
+def _reader(d: Draw, language: str, sex: str | None = None, **overrides) -> Voice:
+    """_voice, with the espeak-ng voice that reads the language's script (HANZI_VOICES: Mandarin from characters)."""
+    return replace(_voice(d, language, sex, **overrides), espeak_voice=HANZI_VOICES.get(language, ""))
+
+
+def character_errors(text: str, rng: random.Random) -> tuple[str, ...]:
+    """Worse transcripts of a sentence written without spaces, for DPO: a character dropped, two swapped."""
+    letters = [i for i, ch in enumerate(text) if ch.isalpha()]
+    i, j = sorted(rng.sample(letters, 2)) if len(letters) > 1 else (0, 0)
+    dropped = text[:i] + text[i + 1:]
+    swapped = text[:i] + text[j] + text[i + 1:j] + text[i] + text[j + 1:]
+    return tuple(w for w in (dropped, swapped) if w != text)
+
+
+def spoken_sentence(d: Draw, sentence: Sentence) -> Item:
+    """An ASR item: the sentence's reading spoken by an espeak-ng voice at a drawn rate, speed and gain; the
+    transcript is the sentence as written."""
+    voice = _reader(d, sentence.language, rate=d.py.randint(RATE_WPM["normal"] - 30, RATE_WPM["normal"] + 30))
+    params = {"speed": round(d.py.uniform(*effects.SPEED_RANGE), 3),
+              "gain_db": round(d.py.uniform(*effects.GAIN_DB), 2), "template": sentence.template}
+    audio = effects.speed_and_gain(espeak(sentence.reading, voice), params["speed"], params["gain_db"])
+    fields: dict[str, Any] = {"language": sentence.language, "params": params}
+    if sentence.reading != sentence.text:
+        fields["reading"] = sentence.reading
+    wrong = character_errors(sentence.text, d.py) if sentence.language in CHARACTER_SCRIPTS else ()
+    return Item("asr", audio, sentence.text, (), fields, voice.name, wrong=wrong)
+
+
+def make_names(d: Draw) -> Item:
+    """A sentence about people and places (Faker's names in the language's locale) in one of the eight languages."""
+    return spoken_sentence(d, sentences.names_sentence(d.py, d.py.choice(d.languages), d.split))
+
+
+def make_cmn_asr(d: Draw) -> Item:
+    """A Mandarin sentence from fortunes-zh (sayings and poems, Simplified characters)."""
+    text = d.py.choice(mandarin_sentences()["test" if d.split == "test" else "train"])
+    return spoken_sentence(d, Sentence(text, text, "cmn", "fortunes-zh"))
+
+
+def make_yue_asr(d: Draw) -> Item:
+    return spoken_sentence(d, sentences.cantonese_sentence(d.py, d.split))
+
+
+def make_fr_asr(d: Draw) -> Item:
+    return spoken_sentence(d, sentences.french_sentence(d.py, d.split))
+
+
+def make_ja_asr(d: Draw) -> Item:
+    return spoken_sentence(d, sentences.japanese_sentence(d.py, d.split))
+
+
+AGES = ("child", "adult", "elderly")
+CHILD_PITCH = (80, 99)  # espeak-ng -p of a female variant (children's voices: female variants only, see make_age)
+CHILD_SPEED = (1.2, 1.4)  # then read faster: pitch and formants rise together, as from a child's shorter vocal tract
+ELDERLY_PITCH = {"male": (35, 60), "female": (10, 35)}  # old age lowers women's pitch (men's changes little)
+ELDERLY_RATE = (95, 125)  # words per minute: slower than the adults' 130..190
+TREMOR_HZ, TREMOR_PITCH, TREMOR_LEVEL = (4.0, 7.0), (0.02, 0.05), (0.2, 0.45)  # effects.tremor of elderly voices
+
+
+def age_voice(d: Draw, age: str, language: str) -> tuple[Voice, dict[str, Any]]:
+    """The espeak-ng voice of an age group and the effects applied after it (speed for children, tremor for
+    the elderly). Test-split voices are the held-out variants, as for the other families."""
+    normal = RATE_WPM["normal"]
+    if age == "child":
+        speed = round(d.py.uniform(*CHILD_SPEED), 3)
+        voice = replace(_reader(d, language, "female"), pitch=d.py.randint(*CHILD_PITCH),
+                        rate=round(d.py.randint(normal - 20, normal + 20) / speed))
+        return voice, {"speed": speed}
+    sex = d.py.choice(SEXES)
+    if age == "adult":
+        return _reader(d, language, sex, rate=d.py.randint(normal - 30, normal + 30)), {"speed": 1.0}
+    voice = replace(_reader(d, language, sex), pitch=d.py.randint(*ELDERLY_PITCH[sex]),
+                    rate=d.py.randint(*ELDERLY_RATE))
+    tremor = {"hz": round(d.py.uniform(*TREMOR_HZ), 2), "pitch_depth": round(d.py.uniform(*TREMOR_PITCH), 3),
+              "level_depth": round(d.py.uniform(*TREMOR_LEVEL), 3)}
+    return voice, {"speed": 1.0, "tremor": tremor}
+
+
+def make_age(d: Draw) -> Item:
+    """Speaker age, the age-like voice attribute: a child (high pitch and formants), an adult, or an elderly speaker
+    (slow, shaking voice), saying a names-and-places sentence in one of the languages. Children's voices are drawn
+    from female variants alone: before puberty boys and girls speak alike, and a male variant raised to a child's
+    pitch would sound like a woman."""
+    age, language = d.py.choice(AGES), d.py.choice(d.languages)
+    sentence = sentences.names_sentence(d.py, language, d.split)
+    voice, params = age_voice(d, age, language)
+    params.update(pitch=voice.pitch, rate=voice.rate, gain_db=round(d.py.uniform(*effects.GAIN_DB), 2),
+                  text=sentence.text)
+    audio = espeak(sentence.reading, voice)
+    if "tremor" in params:
+        audio = effects.tremor(audio, **params["tremor"])
+    audio = effects.speed_and_gain(audio, params["speed"], params["gain_db"])
+    return Item("age", audio, age, AGES, {"language": language, "params": params}, voice.name)
+
+
+# The families' prepare: Faker's pools, the sentence slots and the fortunes, loaded before the workers fork (so each
+# has them) and checked once (a missing package is one error).
+def _load_names(languages: tuple[str, ...]) -> None:
+    for language in languages:
+        sentences.name_slots(language)
+
+
+def _only(load: Callable[[], Any]) -> Callable[[tuple[str, ...]], None]:
+    """The prepare of a one-language family: its own data whatever --languages holds."""
+    def prepare(languages: tuple[str, ...]) -> None:
+        load()
+    return prepare
+
+
 TASKS: dict[str, TaskFamily] = {t.name: t for t in [
     TaskFamily("sound", make_sound, "sound classification over 12 synthetic classes", mean_seconds=2.0),
     TaskFamily("count", make_count, "how many beeps or clicks", mean_seconds=1.5),
@@ -400,4 +516,16 @@ TASKS: dict[str, TaskFamily] = {t.name: t for t in [
                (ESPEAK,), LANGUAGES, 1.6),
     TaskFamily("compare", make_compare, "two recordings, one question: louder, language, siren, same language",
                (ESPEAK,), LANGUAGES, 3.6),
+    TaskFamily("names", make_names, "people and places (Faker) in sentences of eight languages (ASR)",
+               (ESPEAK, FAKER, NUM2WORDS), LANGUAGES, 2.8, _load_names),
+    TaskFamily("cmn_asr", make_cmn_asr, "Mandarin sentences from fortunes-zh (ASR, Simplified characters)", (ESPEAK,),
+               ("cmn",), 4.3, _only(mandarin_sentences)),
+    TaskFamily("yue_asr", make_yue_asr, "Cantonese grammar sentences, Traditional characters (ASR)", (ESPEAK, FAKER),
+               ("yue",), 2.6, _only(sentences.cantonese_slots)),
+    TaskFamily("fr_asr", make_fr_asr, "French: the translation grammar's side, numbers, Faker names (ASR)",
+               (ESPEAK, FAKER, NUM2WORDS), ("fr",), 2.2, _only(sentences.french_slots)),
+    TaskFamily("ja_asr", make_ja_asr, "Japanese grammar sentences in kanji and kana, spoken from kana (ASR)",
+               (ESPEAK, FAKER, NUM2WORDS), ("ja",), 2.8, _only(sentences.japanese_slots)),
+    TaskFamily("age", make_age, "speaker age: child, adult, elderly (pitch, formants, rate, tremor)",
+               (ESPEAK, FAKER, NUM2WORDS), LANGUAGES, 3.3, _load_names),
 ]}

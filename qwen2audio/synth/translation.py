@@ -204,3 +204,8 @@ def translation_pair(rng: random.Random, split: str) -> Pair:
         if sentence_split(pair.english) == want:
             return pair
     raise RuntimeError(f"no {want} sentence pair found in {MAX_TRIES} draws")  # pragma: no cover
+
+
+def random_pair(rng: random.Random) -> Pair:
+    """A pair of any split (a caller that splits by another text, e.g. the French side, checks that itself)."""
+    return _render(rng.choice(TEMPLATES), rng)
