@@ -6,10 +6,10 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 # The CPU wheel of this release lies on the machines' disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
-SYSTEM_PACKAGES := ffmpeg sox espeak-ng flite festival fortunes fortunes-de fortunes-es fortunes-it fortunes-zh \
-                   chromium chromium-driver
+SYSTEM_PACKAGES := ffmpeg sox espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
+                   fortunes fortunes-de fortunes-es fortunes-it fortunes-zh chromium chromium-driver
 
-.PHONY: install system-deps test demo bench clean
+.PHONY: install system-deps test demo demo-model bench clean
 
 install: $(VENV)/.installed
 
@@ -35,6 +35,11 @@ test: install system-deps
 
 demo: install system-deps
 	$(PY) scripts/demo.py
+
+# Rebuild the embedded demo model from nothing but this repository (corpus, build, trim, 3 stages, eval, export to
+# qwen2audio/assets/demo-model); about 1.5 hours on 2 cores, resumable (runs/demo/). See scripts/make_demo_model.py.
+demo-model: install system-deps
+	$(PY) scripts/make_demo_model.py
 
 bench: install
 	$(PY) bench/bench_features.py

