@@ -2,8 +2,6 @@
 token strings as the full tokenizer, still round-trips any text, loads in transformers with equal tokenization,
 logits and greedy output, and its logits are the full model's at the kept rows."""
 
-import contextlib
-import io
 import json
 
 import numpy as np
@@ -11,9 +9,9 @@ import pytest
 import torch
 
 from conftest import make_hf_model
+from test_build import run_cli
 from qwen2audio import load
 from qwen2audio.checkpoint import CheckpointError
-from qwen2audio.cli import main
 from qwen2audio.data.rows import parse_row
 from qwen2audio.tokenizer import AUDIO_PLACEHOLDER, SPECIAL_TOKENS
 from qwen2audio.vocab import PAD_MULTIPLE, _RecordingTokenizer, encode_sample, fixed_texts, trim_vocabulary
@@ -51,13 +49,6 @@ OTHER_TEXTS = ["def f(x):\n    return {'a': x ** 2}  # ✓", "机器学习很有
 def _write_jsonl(path, rows):
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return path
-
-
-def run_cli(*argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        rc = main(list(map(str, argv)))
-    return rc, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")
