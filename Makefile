@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 # The CPU wheel of this release lies on the machines' disk; a bare `torch` would pull a multi-GB CUDA build.
 TORCH  ?= torch==2.13.0
 SYSTEM_PACKAGES := ffmpeg sox espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
-                   fortunes fortunes-de fortunes-es fortunes-it fortunes-zh chromium chromium-driver
+                   fortunes fortunes-de fortunes-es fortunes-it fortunes-zh chromium chromium-driver g++ ninja-build
 
 .PHONY: install system-deps test demo demo-model bench clean
 

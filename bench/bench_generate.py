@@ -3,16 +3,22 @@
 Config (issue 3): a Qwen2-0.5B-sized LM (896 wide, 24 layers, 14 heads / 2 KV, FFN 4864, vocab 151936, tied) with a
 whisper-base-sized encoder (512 wide, 6 layers, 8 heads, FFN 2048, 128 mels); random weights; a 10 s clip + a short
 prompt; 64 new tokens; greedy. Both sides are timed the same way: time to first token = a generate() of one token;
-decode tokens/s = 63 / (time of 64 tokens - time of 1).
+decode tokens/s = 63 / (time of 64 tokens - time of 1); each time the best of several runs.
 
-    .venv/bin/python bench/bench_generate.py                 # everything (about 10 minutes on 2 cores)
-    .venv/bin/python bench/bench_generate.py --quick         # ours only, fewer repeats
+    .venv/bin/python bench/bench_generate.py --json /tmp/bench_gen.json      # everything (~25 minutes on 2 cores)
+    .venv/bin/python bench/bench_generate.py --parts decode,batch8 --json F  # some parts (F keeps the others)
+    .venv/bin/python bench/bench_generate.py --quick                        # ours only, fewer repeats
+
+Beside every figure: the limits of the same run. Bandwidth limit = measured read bandwidth ÷ bytes of weights a step
+reads (x rows for a batch); compute limit = the step's matmul FLOPs ÷ the measured matmul FLOP/s of that dtype;
+time-to-first-token floor = the prefill's matmul FLOPs ÷ the same rate.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -26,7 +32,7 @@ import torch
 import qwen2audio
 from qwen2audio.generate import GenerationConfig, Generator
 from qwen2audio.model import Qwen2AudioConfig
-from qwen2audio.quant import quantize, use_decode_kernels
+from qwen2audio.quant import decode_kernel_for, quantize, use_decode_kernels
 
 NEW_TOKENS = 64
 SENTENCES = [
@@ -41,34 +47,38 @@ SENTENCES = [
 ]
 
 
-def median_time(fn, repeats: int) -> float:
+def best_time(fn, repeats: int) -> float:
+    """The fastest of `repeats` runs: other jobs on a shared machine only ever slow a run down."""
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return min(times)
 
 
-def read_bandwidth(repeats: int = 7) -> float:
-    """Bytes/s of reading a 1 GiB tensor: the best of torch's sum and an inductor-compiled row reduction (the
-    access pattern of a decode step), so that the limit is what this machine can really stream."""
+def read_bandwidth(repeats: int = 7) -> dict[str, float]:
+    """Bytes/s of reading 1 GiB three ways: torch's sum, an inductor-compiled row reduction (a decode step's access
+    pattern) and BLAS's fp32 matrix-vector product; the limit is the best of them, what this machine can stream."""
     x = torch.empty(2**28).normal_()
     width = 896  # the LM's hidden size: rows as long as a decode step's (power-of-two widths read slower here)
     v = torch.randn(width)
     n = x.numel() // width * width
-    rows = torch.compile(lambda t, v: (t[:n].view(-1, width) * v).sum(-1))  # a matrix-vector product over 1 GiB
-    rates = []
-    for reduce in (lambda: x.sum(), lambda: rows(x, v)):
-        reduce()
-        rates.append(x.numel() * 4 / median_time(reduce, repeats))
-    return max(rates)
+    matrix = x[:n].view(-1, width)
+    rows = torch.compile(lambda m, v: (m * v).sum(-1))  # a matrix-vector product over 1 GiB
+    probes = {"sum": lambda: x.sum(), "compiled_rows": lambda: rows(matrix, v),
+              "blas_fp32_gemv": lambda: torch.mv(matrix, v)}
+    rates = {}
+    for name, probe in probes.items():
+        probe()
+        rates[name] = x.numel() * 4 / best_time(probe, repeats)
+    return rates
 
 
 def matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b
-    return 2 * n**3 / median_time(lambda: a @ b, repeats)
+    return 2 * n**3 / best_time(lambda: a @ b, repeats)
 
 
 def decode_bytes_per_token(model) -> int:
@@ -112,8 +122,8 @@ def time_ours(model, inputs, repeats, compile_):
     t = time.perf_counter()
     out = gen.generate(inputs, full)  # warm-up (and compile)
     warmup = time.perf_counter() - t
-    ttft = median_time(lambda: gen.generate(inputs, one), repeats)
-    total = median_time(lambda: gen.generate(inputs, full), max(1, repeats // 2))
+    ttft = best_time(lambda: gen.generate(inputs, one), repeats)
+    total = best_time(lambda: gen.generate(inputs, full), max(2, repeats // 2))
     return {"ttft_s": ttft, "decode_tok_s": (NEW_TOKENS - 1) / (total - ttft), "warmup_s": warmup}, out
 
 
@@ -126,8 +136,8 @@ def time_hf(hf, inputs, repeats):
             return hf.generate(**inputs, max_new_tokens=n, min_new_tokens=n, **kwargs)
 
     out = run(NEW_TOKENS)
-    ttft = median_time(lambda: run(1), repeats)
-    total = median_time(lambda: run(NEW_TOKENS), max(1, repeats // 2))
+    ttft = best_time(lambda: run(1), repeats)
+    total = best_time(lambda: run(NEW_TOKENS), max(2, repeats // 2))
     return {"ttft_s": ttft, "decode_tok_s": (NEW_TOKENS - 1) / (total - ttft)}, out
 
 
@@ -145,28 +155,57 @@ def prefill_flops(config: Qwen2AudioConfig, inputs) -> float:
     return enc + 2 * (pos // 2) * a.dim * t.dim + dec
 
 
-def top1_agreement(reference_model, quantized_model, inputs, tokens) -> float:
-    """Teacher-forced: the fraction of the reference's greedy tokens that the quantised model also ranks first."""
+def top1_agreement(model, inputs, tokens) -> float:
+    """Teacher-forced: the fraction of the reference's greedy tokens `tokens` that `model` also ranks first."""
     ids = torch.cat([inputs["input_ids"], tokens], dim=1)
     mask = torch.cat([inputs["attention_mask"], torch.ones_like(tokens)], dim=1)
     with torch.inference_mode():
-        logits = quantized_model(input_ids=ids, attention_mask=mask, input_features=inputs["input_features"],
-                                 feature_attention_mask=inputs["feature_attention_mask"]).logits
+        logits = model(input_ids=ids, attention_mask=mask, input_features=inputs["input_features"],
+                       feature_attention_mask=inputs["feature_attention_mask"]).logits
     predicted = logits[:, inputs["input_ids"].shape[1] - 1:-1].argmax(-1)
     return (predicted == tokens).float().mean().item()
+
+
+PARTS = ("decode", "batch8", "quant", "equality")
+
+
+def limits_of(bandwidth: float, flops_per_s: float, bytes_per_step: int, flops_per_row: float, rows: int) -> dict:
+    """The decode's two physical limits for `rows` sequences per step: reading the weights once per step, and doing
+    the step's matmul FLOPs at the measured matmul rate; aggregate tokens/s."""
+    return {"bandwidth_tok_s": rows * bandwidth / bytes_per_step,
+            "compute_tok_s": flops_per_s / flops_per_row,
+            "limit_tok_s": min(rows * bandwidth / bytes_per_step, flops_per_s / flops_per_row)}
+
+
+def decode_flops_per_token(config: Qwen2AudioConfig) -> float:
+    t = config.text
+    per_layer = 2 * t.dim * t.n_heads * t.head_dim + 2 * t.dim * t.n_kv_heads * t.head_dim + 3 * t.dim * t.ffn_dim
+    return 2 * (t.n_layers * per_layer + t.dim * t.vocab_size)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="ours only, fewer repeats")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
+    parser.add_argument("--json", type=Path, help="also write the figures here (parts already there are kept)")
+    parser.add_argument("--config", default="bench-0.5b", help="a named config (tiny-random: a smoke test)")
     args = parser.parse_args()
+    parts = args.parts.split(",")
+    if not set(parts) <= set(PARTS):
+        parser.error(f"--parts: choose from {', '.join(PARTS)}")
     repeats = 3 if args.quick else args.repeats
     torch.manual_seed(0)
-    report: dict = {"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__}
+    # one process compiles the decode step for every model, dtype and batch here: more than dynamo's default 8
+    torch._dynamo.config.recompile_limit = 64
+    report: dict = {}
+    if args.json and args.json.exists():
+        report = json.loads(args.json.read_text())
+    report.update({"cpu": _cpu_name(), "threads": torch.get_num_threads(), "torch": torch.__version__,
+                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                   "load_at_start": os.getloadavg()[0]})
 
-    config = Qwen2AudioConfig.from_name("bench-0.5b")
+    config = Qwen2AudioConfig.from_name(args.config)
     work = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     model = qwen2audio.Qwen2AudioForConditionalGeneration(config)
     model.save_pretrained(work)
@@ -174,102 +213,129 @@ def main() -> None:
     clip = make_clips([10.0])
     clips8 = make_clips([4.0, 5.5, 7.0, 8.5, 10.0, 11.5, 13.0, 14.5])
     processor = qwen2audio.Processor.from_pretrained(work)
-    inputs = build_inputs(processor, clip)
+    inputs, inputs8 = build_inputs(processor, clip), build_inputs(processor, clips8)
 
-    bandwidth = read_bandwidth()
-    report["read_GBps"] = bandwidth / 1e9
-    rows = []
+    probes = read_bandwidth()
+    bandwidth = max(probes.values())
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+    matmul = {name: matmul_flops(dtype) for name, dtype in dtypes.items()}
+    report.update(read_GBps=bandwidth / 1e9, read_probes_GBps={k: v / 1e9 for k, v in probes.items()},
+                  matmul_GFLOPs={k: v / 1e9 for k, v in matmul.items()},
+                  decode_kernel=decode_kernel_for(torch.empty(0)))
+    flops_row = decode_flops_per_token(config)
+    print(f"read bandwidth {report['read_probes_GBps']} GB/s, matmul GFLOP/s {report['matmul_GFLOPs']}", flush=True)
 
-    def limit(model):
-        return bandwidth / decode_bytes_per_token(model)
+    def limits(model, dtype_name, rows=1):
+        return limits_of(bandwidth, matmul[dtype_name], decode_bytes_per_token(model), flops_row, rows)
 
-    for dtype in (torch.float32, torch.bfloat16):
-        name = str(dtype).removeprefix("torch.")
-        ours = use_decode_kernels(qwen2audio.load(work, dtype=dtype))
-        lim = limit(ours)
-        flops = prefill_flops(config, inputs)
-        floor = flops / matmul_flops(dtype)
-        r_ours, seq_ours = time_ours(ours, inputs.to(dtype=dtype), repeats, compile_=True)
-        entry = {"dtype": name, "limit_tok_s": lim, "prefill_GFLOP": flops / 1e9, "prefill_floor_s": floor,
-                 "ours": r_ours}
-        if not args.quick:
-            from transformers import Qwen2AudioForConditionalGeneration
-            hf = Qwen2AudioForConditionalGeneration.from_pretrained(work, dtype=dtype).eval()
-            r_hf, seq_hf = time_hf(hf, inputs.to(dtype=dtype), repeats)
-            entry["transformers"] = r_hf
-            entry["greedy_equal_10s_clip"] = bool(torch.equal(seq_ours, seq_hf))
-            del hf
-        rows.append(entry)
-        print(json.dumps(entry, indent=1), flush=True)
-        del ours
+    if "decode" in parts:  # batch 1, each dtype, against transformers in the same dtype
+        rows = []
+        for name, dtype in dtypes.items():
+            ours = use_decode_kernels(qwen2audio.load(work, dtype=dtype))
+            flops = prefill_flops(config, inputs)
+            entry = {"dtype": name, **limits(ours, name), "GB_per_token": decode_bytes_per_token(ours) / 1e9,
+                     "prefill_GFLOP": flops / 1e9, "prefill_floor_s": flops / matmul[name]}
+            entry["ours"], seq_ours = time_ours(ours, inputs.to(dtype=dtype), repeats, compile_=True)
+            del ours
+            if not args.quick:
+                from transformers import Qwen2AudioForConditionalGeneration
+                hf = Qwen2AudioForConditionalGeneration.from_pretrained(work, dtype=dtype).eval()
+                entry["transformers"], seq_hf = time_hf(hf, inputs.to(dtype=dtype), repeats)
+                entry["greedy_equal_10s_clip"] = bool(torch.equal(seq_ours, seq_hf))
+                del hf
+            rows.append(entry)
+            print(json.dumps(entry), flush=True)
+        report["rows"] = rows
 
-    # batch of 8 different clips, fp32: aggregate decode tokens/s against our batch-1 figure
-    inputs8 = build_inputs(processor, clips8)
-    fp32 = rows[0]
-    for max_rows in (1, 8):
-        ours = use_decode_kernels(qwen2audio.load(work), gemv_max_rows=max_rows)
-        r8, _ = time_ours(ours, inputs8, max(1, repeats // 2), compile_=True)
-        r8["aggregate_tok_s"] = 8 * r8["decode_tok_s"]
-        r8["x_batch1"] = r8["aggregate_tok_s"] / fp32["ours"]["decode_tok_s"]
-        report[f"batch8_gemv_rows_{max_rows}"] = r8
-        print(f"batch 8 (fused kernel up to {max_rows} rows):", json.dumps(r8), flush=True)
-        del ours
+    if "batch8" in parts:  # 8 different clips: aggregate tokens/s, the decode kernel or BLAS for the 8 rows
+        batch8 = []
+        for name, dtype in dtypes.items():
+            for max_rows in (8, 1):
+                ours = use_decode_kernels(qwen2audio.load(work, dtype=dtype), gemv_max_rows=max_rows)
+                r8, _ = time_ours(ours, inputs8.to(dtype=dtype), max(2, repeats // 2), compile_=True)
+                kernel = ours.decoder.layers[0].mlp.up_proj.kernel if max_rows == 8 else "blas"
+                entry = {"dtype": name, "kernel_8_rows": kernel,
+                         **limits(ours, name, rows=8), "ours": r8, "aggregate_tok_s": 8 * r8["decode_tok_s"]}
+                del ours
+                if max_rows == 8 and not args.quick:
+                    from transformers import Qwen2AudioForConditionalGeneration
+                    hf = Qwen2AudioForConditionalGeneration.from_pretrained(work, dtype=dtype).eval()
+                    r_hf, _ = time_hf(hf, inputs8.to(dtype=dtype), max(2, repeats // 2))
+                    entry["transformers_aggregate_tok_s"] = 8 * r_hf["decode_tok_s"]
+                    del hf
+                batch8.append(entry)
+                print("batch 8:", json.dumps(entry), flush=True)
+        report["batch8"] = batch8
 
-    # int8 and int4: speed against our fp32, and teacher-forced top-1 agreement with fp32 on 8 clips
-    reference = qwen2audio.load(work)
+    # int8 / int4 (fp32 and bf16 activations): speed, and teacher-forced top-1 agreement with fp32 on 8 clips
     gen = Generator(use_decode_kernels(qwen2audio.load(work)), compile=True)
-    for mode in ("int8", "int4"):
-        q = quantize(qwen2audio.load(work), mode)
-        rq, _ = time_ours(q, inputs, repeats, compile_=True)
-        agree = []
-        for c in clips8:
-            one = build_inputs(processor, [c])
-            tokens = gen.generate(one, GenerationConfig(max_new_tokens=NEW_TOKENS))[:, one["input_ids"].shape[1]:]
-            agree.append(top1_agreement(reference, q, one, tokens))
-        rq["x_fp32"] = rq["decode_tok_s"] / fp32["ours"]["decode_tok_s"]
-        rq["limit_tok_s"] = limit(q)
-        rq["top1_agreement"] = statistics.mean(agree)
-        report[mode] = rq
-        print(mode, json.dumps(rq), flush=True)
-        del q
+    references = []
+    for c in clips8 if {"quant", "equality"} & set(parts) else []:
+        one = build_inputs(processor, [c])
+        references.append((one, gen.generate(one, GenerationConfig(max_new_tokens=NEW_TOKENS))))
+    if "quant" in parts:
+        quant = []
+        for mode, name in (("int8", "float32"), ("int8", "bfloat16"), ("int4", "bfloat16")):
+            q = quantize(qwen2audio.load(work, dtype=dtypes[name]), mode)
+            rq, _ = time_ours(q, inputs.to(dtype=dtypes[name]), repeats, compile_=True)
+            agree = [top1_agreement(q, {k: v.to(dtype=dtypes[name]) if v.is_floating_point() else v
+                                                   for k, v in one.items()}, seq[:, one["input_ids"].shape[1]:])
+                     for one, seq in references]
+            entry = {"mode": mode, "activations": name, **limits(q, name), "GB_per_token":
+                     decode_bytes_per_token(q) / 1e9, "ours": rq, "top1_agreement": statistics.mean(agree)}
+            r8, _ = time_ours(q, inputs8.to(dtype=dtypes[name]), max(2, repeats // 2), compile_=True)
+            entry["batch8_aggregate_tok_s"] = 8 * r8["decode_tok_s"]
+            quant.append(entry)
+            print(mode, json.dumps(entry), flush=True)
+            del q
+        report["quant"] = quant
 
-    if not args.quick:  # greedy equality with transformers on the 8 clips, one by one
+    if "equality" in parts and not args.quick:  # greedy equality with transformers on the 8 clips, one by one
         from transformers import Qwen2AudioForConditionalGeneration
         hf = Qwen2AudioForConditionalGeneration.from_pretrained(work, dtype=torch.float32).eval()
         hf.generation_config.eos_token_id = None
         equal = 0
-        for c in clips8:
-            one = build_inputs(processor, [c])
+        for one, seq in references:
             with torch.inference_mode():
                 ref = hf.generate(**one, max_new_tokens=NEW_TOKENS, do_sample=False, pad_token_id=151643)
-            equal += bool(torch.equal(ref, gen.generate(one, GenerationConfig(max_new_tokens=NEW_TOKENS))))
+            equal += bool(torch.equal(ref, seq))
         report["greedy_equal_clips"] = f"{equal}/8"
 
-    report["rows"] = rows
+    report["load_at_end"] = os.getloadavg()[0]
     print_summary(report)
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
 
 
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
 def print_summary(r: dict) -> None:
-    print(f"\nCPU {r['cpu']}, {r['threads']} threads, torch {r['torch']}; measured read bandwidth "
-          f"{r['read_GBps']:.1f} GB/s")
-    print(f"{'dtype':9} {'ours tok/s':>10} {'hf tok/s':>9} {'ratio':>6} {'limit':>7} {'% limit':>8} "
-          f"{'ours TTFT':>9} {'hf TTFT':>8} {'ratio':>6} {'floor':>7}")
-    for row in r["rows"]:
-        o, h = row["ours"], row.get("transformers")
-        print(f"{row['dtype']:9} {o['decode_tok_s']:10.1f} {h['decode_tok_s'] if h else float('nan'):9.1f} "
-              f"{o['decode_tok_s'] / h['decode_tok_s'] if h else float('nan'):6.2f} {row['limit_tok_s']:7.1f} "
-              f"{100 * o['decode_tok_s'] / row['limit_tok_s']:7.0f}% {o['ttft_s']:9.3f} "
-              f"{h['ttft_s'] if h else float('nan'):8.3f} {h['ttft_s'] / o['ttft_s'] if h else float('nan'):6.2f} "
-              f"{row['prefill_floor_s']:7.3f}")
-    for key in ("batch8_gemv_rows_1", "batch8_gemv_rows_8"):
-        b = r[key]
-        print(f"{key}: aggregate {b['aggregate_tok_s']:.1f} tok/s = {b['x_batch1']:.2f}x our batch-1 fp32")
-    for mode in ("int8", "int4"):
-        q = r[mode]
-        print(f"{mode}: {q['decode_tok_s']:.1f} tok/s = {q['x_fp32']:.2f}x our fp32 (limit {q['limit_tok_s']:.1f}); "
-              f"top-1 agreement with fp32 {100 * q['top1_agreement']:.1f}%")
+    print(f"\nCPU {r['cpu']}, {r['threads']} threads, torch {r['torch']}, decode kernel {r['decode_kernel']}; read "
+          f"bandwidth {r['read_GBps']:.1f} GB/s (best of {r['read_probes_GBps']}); matmul GFLOP/s "
+          f"{r['matmul_GFLOPs']}; load {r['load_at_start']:.1f} at the start, {r['load_at_end']:.1f} at the end")
+    if "rows" in r:
+        print("batch 1     ours tok/s  transformers  ratio  limit (% ours)  |  TTFT ours  transformers  ratio  floor")
+        for row in r["rows"]:
+            o, h = row["ours"], row.get("transformers", {})
+            print(f"{row['dtype']:10} {o['decode_tok_s']:10.1f} {h.get('decode_tok_s', float('nan')):12.1f} "
+                  f"{_ratio(o['decode_tok_s'], h.get('decode_tok_s')):>6} {row['limit_tok_s']:7.1f} "
+                  f"({100 * o['decode_tok_s'] / row['limit_tok_s']:3.0f}%)  |  {o['ttft_s']:8.3f}s "
+                  f"{h.get('ttft_s', float('nan')):12.3f}s {_ratio(h.get('ttft_s'), o['ttft_s']):>6} "
+                  f"{row['prefill_floor_s']:6.3f}s")
+    batch1 = {row["dtype"]: row["ours"]["decode_tok_s"] for row in r.get("rows", [])}
+    for b in r.get("batch8", []):
+        print(f"batch 8 {b['dtype']:9} {b['kernel_8_rows']:5}: aggregate {b['aggregate_tok_s']:6.1f} tok/s "
+              f"(limit {b['limit_tok_s']:.0f}: bandwidth {b['bandwidth_tok_s']:.0f}, compute {b['compute_tok_s']:.0f})"
+              f" = {_ratio(b['aggregate_tok_s'], batch1.get(b['dtype']))} our batch 1; transformers "
+              f"{b.get('transformers_aggregate_tok_s', float('nan')):.1f}")
+    fp32 = batch1.get("float32")
+    for q in r.get("quant", []):
+        print(f"{q['mode']} ({q['activations']} activations): {q['ours']['decode_tok_s']:.1f} tok/s = "
+              f"{_ratio(q['ours']['decode_tok_s'], fp32)} our fp32 (limit {q['limit_tok_s']:.1f}, "
+              f"{100 * q['ours']['decode_tok_s'] / q['limit_tok_s']:.0f}%); TTFT {q['ours']['ttft_s']:.3f}s; batch 8 "
+              f"{q['batch8_aggregate_tok_s']:.1f} tok/s; top-1 agreement with fp32 {100 * q['top1_agreement']:.1f}%")
     if "greedy_equal_clips" in r:
         print(f"greedy output equal to transformers on {r['greedy_equal_clips']} clips")
 

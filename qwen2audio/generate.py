@@ -191,7 +191,10 @@ class Generator:
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         x = model.embed(input_ids, inputs.get("input_features"), inputs.get("feature_attention_mask"))
         slots = torch.arange(T, device=device)
-        hidden = model.decoder(x, positions, attention_mask_for(valid, slots), cache_positions=slots)
+        # the prompt fills slots [0, T): its attention reads those only, and needs no mask where nothing is padded
+        mask = None if bool(attention_mask.all()) else attention_mask_for(valid[:, :T], slots)
+        with using_caches(model.decoder, [layer.attn.kv_cache.rows(0, B, T) for layer in model.decoder.layers]):
+            hidden = model.decoder(x, positions, mask, cache_positions=slots, last_only=True)
         logits = model.decoder.logits(hidden[:, -1]).float()
 
         generator = None
@@ -288,9 +291,8 @@ class ContinuousBatch:
         x = model.embed(input_ids, None if features is None else features.to(device),
                         inputs.get("feature_attention_mask"))
         slots = torch.arange(T, device=device)
-        with using_caches(model.decoder, self._rows(row, row + 1, T)):
-            hidden = model.decoder(x, slots[None], attention_mask_for(self._valid[:1, :self._span(T)], slots),
-                                   cache_positions=slots)
+        with using_caches(model.decoder, [cache.rows(row, row + 1, T) for cache in self.caches]):
+            hidden = model.decoder(x, slots[None], None, cache_positions=slots, last_only=True)  # causal, T slots
         self.lengths[row] = T
         return model.decoder.logits(hidden[0, -1]).float()
 

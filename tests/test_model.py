@@ -125,3 +125,32 @@ def test_full_size_config_on_meta_device():
     with torch.device("meta"):
         model = Qwen2Audio(Qwen2AudioConfig.from_name("qwen2-audio-7b"))
     assert sum(p.numel() for p in model.parameters()) == 8_397_094_912
+
+
+def test_prefill_paths_equal_the_plain_forward():
+    """What a prefill uses: no mask (causal, nothing padded) and `last_only` (the last layer computes the last
+    position alone) give the plain forward's numbers, and every layer's keys and values still reach the cache."""
+    from qwen2audio.model.kv_cache import setup_caches
+    from qwen2audio.model.qwen2 import causal_padding_mask
+
+    torch.manual_seed(0)
+    cfg = Qwen2AudioConfig.from_name("tiny-random")
+    decoder = Qwen2Audio(cfg).decoder.eval()
+    x = torch.randn(2, 9, cfg.text.dim)
+    positions = torch.arange(9)[None].expand(2, -1)
+    with torch.no_grad():
+        full = decoder(x, positions, causal_padding_mask(torch.ones(2, 9)))
+        torch.testing.assert_close(decoder(x, positions, None), full, rtol=1e-5, atol=1e-5)
+        setup_caches(decoder, 2, 9)
+        last = decoder(x, positions, None, cache_positions=torch.arange(9), last_only=True)
+        assert last.shape == (2, 1, cfg.text.dim)
+        torch.testing.assert_close(last[:, 0], full[:, -1], rtol=1e-5, atol=1e-5)
+        k_last = decoder.layers[-1].attn.kv_cache.k.clone()
+        decoder(x, positions, None, cache_positions=torch.arange(9))  # the same cache, every position computed
+        torch.testing.assert_close(decoder.layers[-1].attn.kv_cache.k, k_last, rtol=0, atol=0)
+        padded = torch.ones(2, 9)
+        padded[1, :3] = 0  # left padding: a mask, last_only still right for every row
+        mask = causal_padding_mask(padded)
+        want = decoder(x, positions, mask)[:, -1]
+        got = decoder(x, positions, mask, cache_positions=torch.arange(9), last_only=True)[:, 0]
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

@@ -50,16 +50,22 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(config.n_heads * config.head_dim, config.dim, bias=False)
         self.kv_cache = None  # set by the inference engine; None for a plain forward
 
-    def forward(self, x, cos, sin, mask, cache_positions=None):
-        # x: [B, T, dim]; mask: [B, 1, T, S] bool (True = attend), S = T or the cache length
+    def forward(self, x, cos, sin, mask, cache_positions=None, last_only=False):
+        # x: [B, T, dim]; mask: [B, 1, T, S] bool (True = attend), S = T or the cache length; None = causal over
+        # S = T keys (nothing padded: lets the attention kernel skip the blocks above the diagonal).
+        # last_only: keys and values of every position (for the cache), the output of the last one only [B, 1, dim]
         B, T, _ = x.shape
-        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(x).view(B, T, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k = apply_rope(k, cos, sin)
+        if last_only:
+            x, cos, sin, T = x[:, -1:], cos[..., -1:, :], sin[..., -1:, :], 1
+            mask = None if mask is None else mask[..., -1:, :]
+        q = apply_rope(self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2), cos, sin)
         if cache_positions is not None:  # inference: keys/values go to their slots, attention reads the whole cache
             k, v = self.kv_cache.update(cache_positions, k, v)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+        # without a mask: causal, or (one query, the last) every key
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1,
                                              enable_gqa=self.n_heads != self.n_kv_heads)
         return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
 
@@ -83,8 +89,9 @@ class DecoderLayer(nn.Module):
         self.mlp_norm = RMSNorm(config.dim, config.norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, mask, cache_positions=None):
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache_positions)
+    def forward(self, x, cos, sin, mask, cache_positions=None, last_only=False):
+        h = self.attn(self.attn_norm(x), cos, sin, mask, cache_positions, last_only)
+        x = (x[:, -1:] if last_only else x) + h
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -114,9 +121,13 @@ class Qwen2(nn.Module):
         """The output head; with tied embeddings it reads the embedding matrix."""
         return F.linear(hidden, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(hidden)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache_positions=None):
-        """x [B, T, dim] input embeddings, positions [B, T] RoPE positions, mask [B, 1, T, S] -> hidden [B, T, dim]."""
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, cache_positions=None,
+                last_only: bool = False):
+        """x [B, T, dim] input embeddings, positions [B, T] RoPE positions, mask [B, 1, T, S] (None: causal, no
+        padding, S = T) -> hidden [B, T, dim]. last_only (a prefill, which needs the next token's logits only): the
+        last layer computes the last position alone -> [B, 1, dim]; every layer's keys and values still reach the
+        cache."""
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask, cache_positions)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, mask, cache_positions, last_only and i == len(self.layers) - 1)
         return self.norm(x)

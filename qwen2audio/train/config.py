@@ -113,7 +113,7 @@ class TrainArgs:
 @dataclass
 class CheckpointConfig:
     every: int = 0  # steps between checkpoints (0: none during training)
-    keep: int = 2  # checkpoints kept (oldest removed)
+    keep: int = 2  # checkpoints kept (oldest removed); 0 keeps them all
     save_final: bool = True  # write the final model (LoRA merged) in the hub layout to out_dir/final
     final_dtype: str | None = None  # float32 | bfloat16 | float16 (default: the base checkpoint's dtype)
 

@@ -1,0 +1,172 @@
+"""Decode kernels (AVX-512 ops, inductor's fused product) and weight-only int8/int4: every path against a
+full-precision product in each dtype, batches against rows alone, and the compiled decode step of a quantised model
+against its eager run."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import make_batch, make_hf_model
+from qwen2audio import cpu_kernels, load
+from qwen2audio.generate import GenerationConfig, Generator
+from qwen2audio.quant import (DecodeLinear, Int4Linear, Int8Linear, KERNEL_MAX_ROWS, fused_gemv, quantize,
+                              use_decode_kernels)
+
+avx512 = pytest.mark.skipif(not cpu_kernels.available(), reason="needs AVX-512 BF16/VNNI and a C++ compiler")
+DTYPES = [torch.float32, torch.bfloat16]
+BF16_OUTPUT = 8e-3  # a bf16 result rounded once: relative error ~2^-9 per element
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float32, 1e-6), (torch.bfloat16, BF16_OUTPUT)])
+def test_fused_gemv_accumulates_in_fp32(dtype, tolerance):
+    torch.manual_seed(0)
+    w, x = torch.randn(100, 900), torch.randn(2, 1, 900)  # odd sizes: no vector-width assumptions
+    ref = F.linear(x.to(dtype).double(), w.to(dtype).double())  # exact product of the rounded inputs
+    y = fused_gemv(x.to(dtype), w.to(dtype))
+    assert y.dtype == dtype and y.shape == (2, 1, 100)
+    assert _rel(y, ref) < tolerance  # only the final rounding to the output dtype is lost, not one per product
+
+
+@avx512
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(4864, 896), (37, 33), (6, 1000)])  # tails in both the rows and the inputs
+def test_avx512_gemv_equals_the_exact_product(dtype, shape):
+    torch.manual_seed(1)
+    n, k = shape
+    w, bias = torch.randn(n, k).to(dtype), torch.randn(n).to(dtype)
+    x = torch.randn(cpu_kernels.MAX_ROWS, k).to(dtype)
+    ref = x.double() @ w.double().T + bias.double()
+    y = cpu_kernels.gemv(x, w, bias)
+    assert y.dtype == dtype
+    assert _rel(y, ref) < (1e-6 if dtype == torch.float32 else BF16_OUTPUT)
+    for rows in range(1, cpu_kernels.MAX_ROWS):  # any batch: each row exactly as alone (same order of sums)
+        assert torch.equal(cpu_kernels.gemv(x[:rows], w, bias), y[:rows])
+
+
+@avx512
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_avx512_int8_fixed_point_error_and_rows_alone(dtype):
+    """x enters as 16-bit fixed point, one scale per row: error per input at most max|x| / 2^16, so the product is
+    closer than with x rounded to bf16 even when one input is 100x the others; every row of a batch equals the row
+    alone."""
+    torch.manual_seed(2)
+    q = torch.randint(-127, 128, (70, 4864), dtype=torch.int8)  # more than one int32 flush of the sums
+    scale = torch.rand(70) / 100
+    x = torch.randn(5, 4864)
+    x[3:, 7] = 100.0  # rows 3, 4: an outlier
+    x = x.to(dtype)
+    w = q.double() * scale.double()[:, None]
+    ref = x.double() @ w.T
+    y = cpu_kernels.gemv_int8(x, q, scale)
+    assert y.dtype == dtype
+    if dtype == torch.float32:
+        assert _rel(y[:3], ref[:3]) < 6e-5  # rms of a uniform rounding: (max|x| / 32767) / sqrt(12)
+        assert _rel(y[3:], ref[3:]) < _rel(x[3:].bfloat16().double() @ w.T, ref[3:])  # 5e-4 against 9e-4
+    else:
+        assert _rel(y, ref) < BF16_OUTPUT
+    for i in range(5):
+        assert torch.equal(cpu_kernels.gemv_int8(x[i:i + 1], q, scale), y[i:i + 1])
+
+
+@avx512
+def test_avx512_kernels_reject_bad_input():
+    w = torch.randn(8, 16)
+    with pytest.raises(RuntimeError, match="at most 8 rows"):
+        cpu_kernels.gemv(torch.randn(9, 16), w)
+    with pytest.raises(RuntimeError, match="one dtype"):
+        cpu_kernels.gemv(torch.randn(1, 16).bfloat16(), w)
+    with pytest.raises(RuntimeError, match=r"x \[M, K\], w \[N, K\]"):
+        cpu_kernels.gemv(torch.randn(1, 15), w)
+
+
+def _int8_kernels():
+    return ["fused"] + (["avx512"] if cpu_kernels.available() else [])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("rows", [1, 3, 8, 9])  # 9: above gemv_max_rows, the dequantised BLAS path
+def test_int8_kernels_equal_the_dequantised_product(dtype, rows):
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(300, 70).to(dtype)
+    x = torch.randn(rows, 1, 300, dtype=dtype)
+    for kernel in _int8_kernels():
+        layer = Int8Linear(linear.weight, linear.bias, gemv_max_rows=8, kernel=kernel)
+        ref = F.linear(x.double(), layer.dequantize(torch.float64), linear.bias.double())
+        y = layer(x)
+        assert y.dtype == dtype and y.shape == (rows, 1, 70)
+        assert _rel(y, ref) < (6e-5 if dtype == torch.float32 else BF16_OUTPUT), kernel
+        assert _rel(y, linear(x)) < 0.01, kernel  # and the quantisation itself costs little
+
+
+def test_unknown_int8_kernel():
+    with pytest.raises(ValueError, match="unknown int8 kernel 'vnni'"):
+        Int8Linear(torch.randn(4, 8), None, kernel="vnni")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_decode_linear_paths_equal_linear(dtype):
+    """Every row count, either side of gemv_max_rows (the kernel below, BLAS above), leading dims kept."""
+    torch.manual_seed(2)
+    linear = torch.nn.Linear(64, 32).to(dtype)
+    layer = DecodeLinear(linear.weight, linear.bias)
+    assert layer.gemv_max_rows == KERNEL_MAX_ROWS[layer.kernel]
+    assert layer.kernel == ("avx512" if cpu_kernels.available() else "fused")
+    for rows in (1, 2, 8, 9):
+        x = torch.randn(rows, 1, 64, dtype=dtype)
+        y = layer(x)
+        assert y.shape == (rows, 1, 32)
+        assert _rel(y, linear(x)) < (1e-6 if dtype == torch.float32 else BF16_OUTPUT)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int4_aten_layout_equals_the_portable_one(dtype):
+    """96 outputs go to ATen's packed int4 kernel, 90 (not a multiple of 16) to the portable layout: the same
+    quantised weights either way (rows are quantised independently), and each forward equals its product."""
+    torch.manual_seed(3)
+    weight, bias = torch.randn(96, 256).to(dtype), torch.randn(96).to(dtype)
+    aten, portable = Int4Linear(weight, bias), Int4Linear(weight[:90], bias[:90])
+    assert aten.aten and not portable.aten
+    torch.testing.assert_close(aten.dequantize(torch.float32)[:90], portable.dequantize(torch.float32))
+    assert _rel(aten.dequantize(torch.float32), weight) < 0.15  # int4's own error
+    for rows in (1, 4):
+        x = torch.randn(256, rows, dtype=dtype).T  # not contiguous, as a view inside the model can be
+        for layer in (aten, portable):
+            ref = F.linear(x.double(), layer.dequantize(torch.float32).double(), layer.bias.double())
+            assert _rel(layer(x), ref) < (1e-6 if dtype == torch.float32 else BF16_OUTPUT)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("quant")
+    make_hf_model("mha-tied").save_pretrained(directory)
+    return directory
+
+
+def test_compiled_int8_decode_gives_the_eager_tokens(checkpoint):
+    """The compiled step (the int8 kernel inside the graph, the tied head quantised too) decodes exactly what the
+    eager quantised model decodes, batch of 2."""
+    inputs, _ = make_batch(128, seconds=(0.8, 6.0))
+    config = GenerationConfig(max_new_tokens=10)
+    eager = Generator(quantize(load(checkpoint), "int8"), compile=False).generate(inputs, config)
+    model = quantize(load(checkpoint), "int8")
+    assert isinstance(model.decoder.lm_head, Int8Linear)
+    compiled = Generator(model, compile=None)  # default: a quantised CPU model compiles
+    assert compiled.compile
+    assert torch.equal(compiled.generate(inputs, config), eager)
+
+
+@avx512
+def test_bf16_decode_kernels_give_the_blas_tokens(checkpoint):
+    """bf16 through the AVX-512 kernels (eager: they need no compile) decodes what oneDNN's bf16 matmuls decode,
+    batch of 2 (both rows in one kernel call)."""
+    inputs, _ = make_batch(128, seconds=(1.5, 9.0))
+    inputs["input_features"] = inputs["input_features"].bfloat16()
+    config = GenerationConfig(max_new_tokens=8)
+    blas = Generator(load(checkpoint, dtype=torch.bfloat16), compile=False).generate(inputs, config)
+    model = use_decode_kernels(load(checkpoint, dtype=torch.bfloat16))
+    assert model.decoder.layers[0].mlp.up_proj.kernel == "avx512"
+    assert torch.equal(Generator(model, compile=False).generate(inputs, config), blas)
