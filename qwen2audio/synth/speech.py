@@ -21,10 +21,11 @@ import soxr
 from ..audio import SAMPLE_RATE
 
 ESPEAK = "espeak-ng"
+ESPEAK_VOICES = {"en": "en", "cmn": "cmn", "yue": "yue", "fr": "fr", "it": "it", "es": "es", "de": "de", "ja": "ja"}
 # espeak-ng 1.51's "cmn" voice reads most Han characters as their pinyin spelt out in English, tone digits included
-# ("jin one tian one" for 今天); "cmn-latn-pinyin" reads them as Mandarin.
-ESPEAK_VOICES = {"en": "en", "cmn": "cmn-latn-pinyin", "yue": "yue", "fr": "fr", "it": "it", "es": "es", "de": "de",
-                 "ja": "ja"}
+# ("jin one tian one" for 今天); "cmn-latn-pinyin" reads them as Mandarin. The families of part B speak Mandarin with
+# it (Voice.espeak_voice); the older families keep "cmn", so the corpora they make keep their bytes.
+HANZI_VOICES = {"cmn": "cmn-latn-pinyin"}
 MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8")
 FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
 WHISPER_VARIANTS = {"male": "whisper", "female": "whisperf"}
@@ -79,10 +80,11 @@ class Voice:
     amplitude: int = AMPLITUDE["normal"]
 
     stretch: float = 1.0  # flite's duration_stretch
+    espeak_voice: str = ""  # the espeak-ng language voice, where it is not ESPEAK_VOICES[language] (HANZI_VOICES)
 
     @property
     def espeak_name(self) -> str:
-        return ESPEAK_VOICES[self.language]
+        return self.espeak_voice or ESPEAK_VOICES[self.language]
 
     @property
     def name(self) -> str:

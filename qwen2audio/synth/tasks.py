@@ -17,7 +17,7 @@ from . import effects, sentences, sounds
 from .fortunes import LANGUAGE_DIRS, fortune_sentences, mandarin_sentences
 from .effects import SOX
 from .sentences import Sentence
-from .speech import (AMPLITUDE, ESPEAK, FESTIVAL, FESTIVAL_VOICES, FLITE, FLITE_STRETCH, FLITE_VOICES,
+from .speech import (AMPLITUDE, ESPEAK, FESTIVAL, FESTIVAL_VOICES, FLITE, FLITE_STRETCH, FLITE_VOICES, HANZI_VOICES,
                      PITCH_RANGE, RATE_WPM, WHISPER_VARIANTS, Voice, espeak, speak, variants)
 from .text import PHRASES, english_sentence, number_item, sentence_split
 from .translation import TARGETS, translation_pair
@@ -38,11 +38,6 @@ SCENE_SNR_DB = (8.0, 20.0)  # speech over a noise bed in a mixed scene
 OPERATIONS = {"plus": operator.add, "minus": operator.sub, "times": operator.mul}
 SMALL_NUMBERS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
                  "sixteen seventeen eighteen nineteen twenty").split()
-# How an arithmetic question is asked. As for the world's facts, the test split holds out phrasings, not results: a
-# language model trained from scratch knows only the sums it was taught, so the test asks them in words never heard.
-ARITHMETIC_PHRASINGS = ("what is {x}", "how much is {x}", "tell me {x}", "can you work out {x}", "please calculate {x}",
-                        "what do you get for {x}", "what is the answer to {x}", "quick question, what is {x}",
-                        "do you know the answer to {x}", "I would like to know {x}")
 BACKGROUND_SHARE = 0.3  # of the voice-chat questions, spoken over a noise bed
 
 
@@ -263,13 +258,12 @@ def make_caption(d: Draw) -> Item:
 
 
 def arithmetic_question(rng: random.Random, split: str) -> tuple[str, int]:
-    """'how much is seven times three' and its result; a test question's wording never occurs in train (its sum
-    does: see ARITHMETIC_PHRASINGS)."""
+    """'what is seven times three' and its result; test questions never occur in train."""
     want = "test" if split == "test" else "train"
     while True:
         a, b, name = rng.randint(0, 20), rng.randint(0, 12), rng.choice(sorted(OPERATIONS))
         a, b = (max(a, b), min(a, b)) if name == "minus" else (a, b)
-        question = rng.choice(ARITHMETIC_PHRASINGS).format(x=f"{SMALL_NUMBERS[a]} {name} {SMALL_NUMBERS[b]}")
+        question = f"what is {SMALL_NUMBERS[a]} {name} {SMALL_NUMBERS[b]}"
         if sentence_split(question) == want:
             return question, OPERATIONS[name](a, b)
 
@@ -384,6 +378,11 @@ FAKER = "py:faker"
 NUM2WORDS = "py:num2words"
 
 
+def _reader(d: Draw, language: str, sex: str | None = None, **overrides) -> Voice:
+    """_voice, with the espeak-ng voice that reads the language's script (HANZI_VOICES: Mandarin from characters)."""
+    return replace(_voice(d, language, sex, **overrides), espeak_voice=HANZI_VOICES.get(language, ""))
+
+
 def character_errors(text: str, rng: random.Random) -> tuple[str, ...]:
     """Worse transcripts of a sentence written without spaces, for DPO: a character dropped, two swapped."""
     letters = [i for i, ch in enumerate(text) if ch.isalpha()]
@@ -396,7 +395,7 @@ def character_errors(text: str, rng: random.Random) -> tuple[str, ...]:
 def spoken_sentence(d: Draw, sentence: Sentence) -> Item:
     """An ASR item: the sentence's reading spoken by an espeak-ng voice at a drawn rate, speed and gain; the
     transcript is the sentence as written."""
-    voice = _voice(d, sentence.language, rate=d.py.randint(RATE_WPM["normal"] - 30, RATE_WPM["normal"] + 30))
+    voice = _reader(d, sentence.language, rate=d.py.randint(RATE_WPM["normal"] - 30, RATE_WPM["normal"] + 30))
     params = {"speed": round(d.py.uniform(*effects.SPEED_RANGE), 3),
               "gain_db": round(d.py.uniform(*effects.GAIN_DB), 2), "template": sentence.template}
     audio = effects.speed_and_gain(espeak(sentence.reading, voice), params["speed"], params["gain_db"])
@@ -444,13 +443,13 @@ def age_voice(d: Draw, age: str, language: str) -> tuple[Voice, dict[str, Any]]:
     normal = RATE_WPM["normal"]
     if age == "child":
         speed = round(d.py.uniform(*CHILD_SPEED), 3)
-        voice = replace(_voice(d, language, "female"), pitch=d.py.randint(*CHILD_PITCH),
+        voice = replace(_reader(d, language, "female"), pitch=d.py.randint(*CHILD_PITCH),
                         rate=round(d.py.randint(normal - 20, normal + 20) / speed))
         return voice, {"speed": speed}
     sex = d.py.choice(SEXES)
     if age == "adult":
-        return _voice(d, language, sex, rate=d.py.randint(normal - 30, normal + 30)), {"speed": 1.0}
-    voice = replace(_voice(d, language, sex), pitch=d.py.randint(*ELDERLY_PITCH[sex]),
+        return _reader(d, language, sex, rate=d.py.randint(normal - 30, normal + 30)), {"speed": 1.0}
+    voice = replace(_reader(d, language, sex), pitch=d.py.randint(*ELDERLY_PITCH[sex]),
                     rate=d.py.randint(*ELDERLY_RATE))
     tremor = {"hz": round(d.py.uniform(*TREMOR_HZ), 2), "pitch_depth": round(d.py.uniform(*TREMOR_PITCH), 3),
               "level_depth": round(d.py.uniform(*TREMOR_LEVEL), 3)}
