@@ -92,6 +92,7 @@ class Qwen2AudioForConditionalGeneration(Qwen2Audio):
 # The embedded default: the tiny model this project trains on its own synthetic corpus (`make demo-model`), shipped
 # inside the package so that every command runs offline. Every `--model` defaults to it.
 DEMO_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "demo-model"
+DEMO_CLIPS_DIR = DEMO_MODEL_DIR.with_name("demo-clips")  # the test clips `make demo` plays to it, with clips.json
 
 
 def default_model_path() -> Path:

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 import qwen2audio
+from qwen2audio.api import DEMO_CLIPS_DIR as CLIPS
 from qwen2audio.api import default_model_path
-
-CLIPS = Path(qwen2audio.__file__).resolve().parent / "assets" / "demo-clips"
+from qwen2audio.eval.normalize import label_key
 
 
 def user_turn(audio_files: list[str], text: str | None) -> dict:
@@ -38,7 +37,7 @@ def main() -> None:
             answer = model.chat(messages, max_new_tokens=64)
             messages.append({"role": "assistant", "content": answer})
             question = turn.get("text") or f"(spoken) {turn['spoken']}"
-            ok = answer.strip().rstrip(".").lower() == turn["reference"].strip().rstrip(".").lower()
+            ok = label_key(answer) == label_key(turn["reference"])
             right += ok
             turns += 1
             print(f"   audio     {', '.join(example['audios']) if i == 0 else '(the same conversation)'}")

@@ -13,10 +13,12 @@ import shutil
 from pathlib import Path
 
 import qwen2audio
+from qwen2audio.api import DEMO_CLIPS_DIR as OUT
+from qwen2audio.api import DEMO_MODEL_DIR
+from qwen2audio.eval.normalize import label_key
 from qwen2audio.files import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
-OUT = ROOT / "qwen2audio" / "assets" / "demo-clips"
 # (title, task, mode, a test on the record) in the order the demo plays them
 EXAMPLES = [
     ("English transcription", "asr", "audio analysis", lambda r: True),
@@ -52,14 +54,10 @@ def answers(model, audios: list[Path], turns: list[dict]) -> list[str]:
     return out
 
 
-def same(answer: str, reference: str) -> bool:
-    return answer.strip().rstrip(".").lower() == reference.strip().rstrip(".").lower()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--corpus", type=Path, default=ROOT / "runs" / "demo" / "corpus")
-    parser.add_argument("--model", type=Path, default=ROOT / "qwen2audio" / "assets" / "demo-model")
+    parser.add_argument("--model", type=Path, default=DEMO_MODEL_DIR)
     args = parser.parse_args()
     model = qwen2audio.load(args.model)
     records = [json.loads(p.read_text()) for p in sorted((args.corpus / "test" / "audio").glob("*.json"))]
@@ -73,7 +71,7 @@ def main() -> None:
         for record in candidates:
             audios = [args.corpus / "test" / a for a in record.get("audios", [record["audio"]])]
             turns = turns_of(record)
-            if all(same(a, t["reference"]) for a, t in zip(answers(model, audios, turns), turns)):
+            if all(label_key(a) == label_key(t["reference"]) for a, t in zip(answers(model, audios, turns), turns)):
                 break
         else:
             record = candidates[0]  # none right: show the first, wrong answer and all

@@ -29,10 +29,11 @@ import sys
 import time
 from pathlib import Path
 
+from qwen2audio.api import DEMO_MODEL_DIR as ASSET
+
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "demo"
 RECIPE = ROOT / "recipes" / "demo"
-ASSET = ROOT / "qwen2audio" / "assets" / "demo-model"
 SEED = 0
 CORPUS_HOURS = 30  # ~50k clips: the frozen encoder's one pass over them (~200 clips/s on a quiet machine here)
 TEST_FRACTION = 0.04  # ~2,000 held-out items

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 import qwen2audio
-from qwen2audio.api import DEMO_MODEL_DIR, default_model_path
+from qwen2audio.api import DEMO_CLIPS_DIR, DEMO_MODEL_DIR, default_model_path
 
-CLIPS = DEMO_MODEL_DIR.parent / "demo-clips"
+CLIPS = DEMO_CLIPS_DIR
 MAX_BYTES = 50 * 10**6  # the budget for the committed model
 
 
