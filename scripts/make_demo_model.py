@@ -42,7 +42,7 @@ CORPUS_HOURS = 30  # ~50k clips: the frozen encoder's one pass over them (~200 c
 TEST_FRACTION = 0.04  # ~2,000 held-out items
 EVAL_LIMIT = 200  # items per source of the test split
 OPEN_DOMAIN_CLIPS = 200  # English sentences from Debian's fortunes, spoken by the test split's held-out voices
-CURVE_LIMIT = 100  # items per ASR source at each point of the learning curve (every checkpoint of stage 1)
+CURVE_LIMIT = 100  # items per ASR source at each point of the learning curve (every checkpoint of stage 1 and of the focus stage)
 # name[:weight]: English ASR (the hardest task for a small model) gets the largest share. (A try with more weight on
 # arithmetic, speaker sex and counting and twice the steps learnt ASR far slower: see the README.)
 CORPUS_TASKS = ("asr:8,noisy_asr:2,s2tt:3,voice_chat:2,facts:2,dialog:2,compare,lid,gender,sound,count,style,pitch,"
