@@ -42,7 +42,7 @@ CORPUS_HOURS = 30  # ~50k clips: the frozen encoder's one pass over them (~200 c
 TEST_FRACTION = 0.04  # ~2,000 held-out items
 EVAL_LIMIT = 200  # items per source of the test split
 OPEN_DOMAIN_CLIPS = 200  # English sentences from Debian's fortunes, spoken by the test split's held-out voices
-CURVE_LIMIT = 100  # items per ASR source at each point of the learning curve (every checkpoint of stage 1 and of the focus stage)
+CURVE_LIMIT = 100  # items per ASR source at each point of the learning curve (each stage-1 and focus checkpoint)
 # name[:weight]: English ASR (the hardest task for a small model) gets the largest share. (A try with more weight on
 # arithmetic, speaker sex and counting and twice the steps learnt ASR far slower: see the README.)
 CORPUS_TASKS = ("asr:8,noisy_asr:2,s2tt:3,voice_chat:2,facts:2,dialog:2,compare,lid,gender,sound,count,style,pitch,"
@@ -96,12 +96,11 @@ def steps() -> list[tuple[str, Path, list[str]]]:
         ("eval", RUNS / "eval" / "synth" / "synth.results.json",
          qwen2audio("eval", "--model", RUNS / "dpo" / "final", "--benchmark", "synth", "--data", corpus / "eval",
                     "--out", RUNS / "eval" / "synth", "--limit", EVAL_LIMIT)),
-        ("eval-preference-sft", RUNS / "eval" / "preference-sft" / "preference.results.json",
-         qwen2audio("eval", "--model", RUNS / "sft" / "final", "--benchmark", "preference",
-                    "--data", corpus / "test" / "dpo.jsonl", "--out", RUNS / "eval" / "preference-sft", "--limit", EVAL_LIMIT * 3)),
-        ("eval-preference-dpo", RUNS / "eval" / "preference-dpo" / "preference.results.json",
-         qwen2audio("eval", "--model", RUNS / "dpo" / "final", "--benchmark", "preference",
-                    "--data", corpus / "test" / "dpo.jsonl", "--out", RUNS / "eval" / "preference-dpo", "--limit", EVAL_LIMIT * 3)),
+        *[(f"eval-preference-{stage}", RUNS / "eval" / f"preference-{stage}" / "preference.results.json",
+           qwen2audio("eval", "--model", RUNS / stage / "final", "--benchmark", "preference", "--data",
+                      corpus / "test" / "dpo.jsonl", "--out", RUNS / "eval" / f"preference-{stage}",
+                      "--limit", EVAL_LIMIT * 3))
+          for stage in ("sft", "dpo")],  # before and after DPO
         ("open-domain corpus", RUNS / "open-domain" / "dataset_info.json",
          qwen2audio("synth", "--out", RUNS / "open-domain", "--clips", OPEN_DOMAIN_CLIPS, "--tasks", "open_asr",
                     "--languages", "en", "--seed", SEED + 1, "--test-fraction", 0.99)),
