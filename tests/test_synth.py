@@ -669,6 +669,21 @@ def test_names_and_places_come_from_faker_in_each_language():
     assert not any("uno años" in s or re.search(r" y (I|Hi)(?![aeo])", s) for s in spanish)
 
 
+def test_name_and_place_pools_do_not_follow_the_string_hash_seed():
+    """Faker's it_IT builds its town list from a set: drawn from as is, the pool (and so the corpus) changed with
+    each process' PYTHONHASHSEED."""
+    pytest.importorskip("faker")
+    import os
+    import subprocess
+    import sys
+
+    code = ("from qwen2audio.synth import names; print('|'.join(n.text for l in names.FAKER_LOCALES "
+            "for n in names.people(l) + names.places(l)))")
+    pools = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")}
+    assert len(pools) == 1 and pools.pop().count("|") > 2000
+
+
 def test_part_b_text_is_in_its_language():
     opencc = pytest.importorskip("opencc")
     pytest.importorskip("faker")

@@ -49,6 +49,11 @@ def _faker(language: str):
         raise ValueError(f"no Faker locale for language {language!r}; known: {', '.join(FAKER_LOCALES)}")
     fake = Faker(FAKER_LOCALES[language])
     fake.seed_instance(POOL_SEED)
+    for provider in fake.get_providers():
+        # it_IT builds its `cities` list from a set, so its order (and every seeded draw from it) followed the
+        # process' string hash seed: sorted, the pool is fixed by the installed Faker alone
+        if isinstance(getattr(provider, "cities", None), list):
+            provider.cities = sorted(provider.cities)
     return fake
 
 
