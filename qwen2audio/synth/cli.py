@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .corpus import default_workers, generate, pending_items, resolve
-from .speech import EngineError
+from .speech import VOICE_SETS, EngineError
 from .tasks import LANGUAGES, TASKS
 
 
@@ -23,13 +23,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help=f"languages of the speech tasks (default: all): {', '.join(LANGUAGES)}")
     p.add_argument("--seed", type=int, required=True, help="the same seed gives the same bytes")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of the clips in the test split")
+    p.add_argument("--voices", choices=VOICE_SETS, default="core",
+                   help="espeak-ng variants of the training split: core (f1-f4, m1-m7) or extended (+ the named "
+                        "variants of a stated sex); the test split always speaks with the held-out f5 and m8")
     p.add_argument("--workers", type=int, default=default_workers(), help="processes (default: all cores)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def run(args) -> None:
     try:
-        config = resolve(args.tasks, args.languages, args.clips, args.hours, args.seed, args.test_fraction)
+        config = resolve(args.tasks, args.languages, args.clips, args.hours, args.seed, args.test_fraction, args.voices)
     except EngineError as e:
         raise ValueError(str(e)) from None
     todo = len(pending_items(config, Path(args.out)))

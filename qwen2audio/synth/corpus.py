@@ -37,7 +37,7 @@ from ..data.prompts import draw_instruction
 from ..data.rows import AUDIO_TAG
 from ..files import atomic_write, atomic_write_json
 from ..tokenizer import AUDIO_PLACEHOLDER, base_prompt
-from .speech import FLITE, require_engine
+from .speech import FLITE, VOICE_SETS, require_engine
 from .tasks import LANGUAGES, TASKS, Draw, Item
 
 SPLITS = ("train", "test")
@@ -58,6 +58,7 @@ class SynthConfig:
     seed: int = 0
     test_fraction: float = 0.1
     weights: tuple[int, ...] = ()  # one per task (empty: all 1)
+    voices: str = "core"  # speech.VOICE_SETS
 
     def __post_init__(self) -> None:
         if not self.weights:
@@ -69,8 +70,11 @@ class SynthConfig:
         return {"train": self.clips - test, "test": test}
 
     def settings(self) -> dict[str, Any]:
-        return {"version": FORMAT_VERSION, **asdict(self), "tasks": list(self.tasks),
-                "languages": list(self.languages), "weights": list(self.weights)}
+        settings = {"version": FORMAT_VERSION, **asdict(self), "tasks": list(self.tasks),
+                    "languages": list(self.languages), "weights": list(self.weights)}
+        if self.voices == "core":  # the default is left out, so corpora made before the option resume as they were
+            del settings["voices"]
+        return settings
 
 
 def weighted_schedule(tasks: tuple[str, ...], weights: tuple[int, ...]) -> tuple[str, ...]:
@@ -105,7 +109,8 @@ def parse_tasks(specs: list[str] | None) -> dict[str, int]:
 
 
 def resolve(tasks: list[str] | None, languages: list[str] | None, clips: int | None = None,
-            hours: float | None = None, seed: int = 0, test_fraction: float = 0.1) -> SynthConfig:
+            hours: float | None = None, seed: int = 0, test_fraction: float = 0.1,
+            voices: str = "core") -> SynthConfig:
     """Check the arguments (one ValueError naming the bad value and the choices) and the engines the tasks need.
     tasks: NAME or NAME:WEIGHT items (see parse_tasks); a family of weight w gets w shares of every split."""
     for language in languages or ():
@@ -120,6 +125,8 @@ def resolve(tasks: list[str] | None, languages: list[str] | None, clips: int | N
         raise ValueError(f"task {bad!r} speaks only {', '.join(TASKS[bad].languages)}; none is in --languages")
     if not speakable:
         raise ValueError("no task can be made in the chosen languages")
+    if voices not in VOICE_SETS:
+        raise ValueError(f"unknown voice set {voices!r}; known: {', '.join(VOICE_SETS)}")
     if not 0 <= test_fraction < 1:
         raise ValueError(f"test fraction must lie in [0, 1), got {test_fraction}")
     if (clips is None) == (hours is None):
@@ -136,7 +143,8 @@ def resolve(tasks: list[str] | None, languages: list[str] | None, clips: int | N
     for t in speakable:
         if TASKS[t].prepare:
             TASKS[t].prepare(langs)
-    return SynthConfig(clips, tuple(speakable), langs, seed, test_fraction, tuple(weights[t] for t in speakable))
+    return SynthConfig(clips, tuple(speakable), langs, seed, test_fraction, tuple(weights[t] for t in speakable),
+                       voices)
 
 
 # -- one item ---------------------------------------------------------------------------------------------------------
@@ -145,7 +153,7 @@ def item_draw(config: SynthConfig, split: str, index: int, task: str) -> Draw:
     key = (config.seed, SPLITS.index(split), index)
     family = TASKS[task]
     languages = tuple(l for l in config.languages if family.languages is None or l in family.languages)
-    return Draw(np.random.default_rng(key), random.Random(":".join(map(str, key))), split, languages)
+    return Draw(np.random.default_rng(key), random.Random(":".join(map(str, key))), split, languages, config.voices)
 
 
 def item_task(config: SynthConfig, index: int) -> str:

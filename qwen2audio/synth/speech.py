@@ -30,6 +30,13 @@ MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8")
 FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")
 WHISPER_VARIANTS = {"male": "whisper", "female": "whisperf"}
 TEST_VARIANTS = ("m8", "f5")  # held out of training: test voices are never heard in training
+# `synth --voices extended`: espeak-ng's named variants of a stated sex (no robots), training voices only, so that a
+# speaker-sex classifier meets many more voices than f1-f4 / m1-m7 before the held-out f5 and m8
+EXTENDED_VARIANTS = {"male": ("Denis", "Diogo", "Henrique", "Hugo", "Marco", "antonio", "michel", "miguel", "sandro",
+                              "travis", "victor"),
+                     "female": ("Alicia", "Andrea", "Annie", "anika", "aunty", "belinda", "grandma", "linda", "steph",
+                                "steph2", "steph3")}
+VOICE_SETS = ("core", "extended")
 RATE_WPM = {"slow": 100, "normal": 160, "fast": 260}  # espeak-ng -s
 AMPLITUDE = {"quiet": 40, "normal": 100, "loud": 200}  # espeak-ng -a (0..200)
 PITCH_RANGE = (30, 70)  # espeak-ng -p (0..99)
@@ -94,8 +101,12 @@ class Voice:
         return f"{self.engine}:{self.espeak_name}+{self.variant}"
 
 
-def variants(sex: str, split: str) -> tuple[str, ...]:
+def variants(sex: str, split: str, voices: str = "core") -> tuple[str, ...]:
+    """The espeak-ng variants of `sex` for `split`: the held-out ones in test; in train the others, plus the named
+    variants with voices="extended"."""
     pool = MALE_VARIANTS if sex == "male" else FEMALE_VARIANTS
+    if voices == "extended" and split != "test":
+        pool += EXTENDED_VARIANTS[sex]
     return tuple(v for v in pool if (v in TEST_VARIANTS) == (split == "test"))
 
 

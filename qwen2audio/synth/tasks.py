@@ -49,6 +49,7 @@ class Draw:
     py: random.Random
     split: str
     languages: tuple[str, ...]
+    voices: str = "core"  # speech.VOICE_SETS: which espeak-ng variants the training split speaks with
 
 
 @dataclass
@@ -140,8 +141,8 @@ def make_loudness(d: Draw) -> Item:
 # -- speech -----------------------------------------------------------------------------------------------------------
 def _voice(d: Draw, language: str, sex: str | None = None, **overrides) -> Voice:
     sex = sex or d.py.choice(("male", "female"))
-    return Voice("espeak", language, sex, d.py.choice(variants(sex, d.split)), pitch=d.py.randint(*PITCH_RANGE),
-                 **overrides)
+    variant = d.py.choice(variants(sex, d.split, d.voices))
+    return Voice("espeak", language, sex, variant, pitch=d.py.randint(*PITCH_RANGE), **overrides)
 
 
 def english_voice(d: Draw) -> Voice:
