@@ -11,7 +11,8 @@
               qwen2audio train        then stage 1 continued on both corpora at a lower learning rate
     sft                               stage 2: chat rows in both modes, stage 3: DPO pairs
     dpo
-    eval      qwen2audio eval         every task of the corpus' test split, open-domain sentences (Debian's
+    eval      qwen2audio eval         every task of the corpus' test split, a larger test-only corpus of the
+                                      families with label answers, open-domain sentences (Debian's
                                       fortunes, never in training), the DPO preference measure before and after
                                       stage 3, and the ASR learning curve (the checkpoints of stage 1 and of its
                                       continuation, exported with `train --export`)
@@ -51,8 +52,11 @@ CORPUS_TASKS = ("asr:8,noisy_asr:2,s2tt:3,voice_chat:2,facts:2,dialog:2,compare,
 # stage 1 (speaker sex 63 %, counting 56 %, sound class 93 %), with English ASR kept in the mix. Its test split goes
 # unused.
 FOCUS_CLIPS = 10_000
-FOCUS_SEED = 7  # not the main corpus' (0) nor the open-domain sentences' (1)
+FOCUS_SEED = 7  # not the main corpus' (0), the open-domain sentences' (1) nor the extra test corpus' (3)
 FOCUS_TASKS = "gender:3,count:3,sound:2,asr:3,noisy_asr:1"
+# The extra test corpus: ~300 held-out items per family whose answer is a label (the main test split has ~68 each,
+# where one item is 1.5 points), and spoken arithmetic
+EXTRA_TEST_CLIPS, EXTRA_TEST_SEED, EXTRA_TEST_TASKS = 1520, 3, "gender,count,lid,sound,voice_chat"
 # training steps: runs/demo/<name>/, trained by recipes/demo/<recipe>.yaml (a recipe's name starts with its stage)
 RECIPES = {"pretrain": "pretrain", "focus": "pretrain_focus", "sft": "sft", "dpo": "dpo"}
 CURVE_STAGES = ("pretrain", "focus")  # whose checkpoints make the learning curve, in order
@@ -101,6 +105,12 @@ def steps() -> list[tuple[str, Path, list[str]]]:
                       corpus / "test" / "dpo.jsonl", "--out", RUNS / "eval" / f"preference-{stage}",
                       "--limit", EVAL_LIMIT * 3))
           for stage in ("sft", "dpo")],  # before and after DPO
+        ("extra test corpus", RUNS / "extra-test" / "dataset_info.json",
+         qwen2audio("synth", "--out", RUNS / "extra-test", "--clips", EXTRA_TEST_CLIPS, "--tasks", EXTRA_TEST_TASKS,
+                    "--seed", EXTRA_TEST_SEED, "--test-fraction", 0.99)),
+        ("eval-extra-test", RUNS / "eval" / "extra-test" / "synth.results.json",
+         qwen2audio("eval", "--model", RUNS / "dpo" / "final", "--benchmark", "synth", "--data",
+                    RUNS / "extra-test" / "eval", "--out", RUNS / "eval" / "extra-test")),
         ("open-domain corpus", RUNS / "open-domain" / "dataset_info.json",
          qwen2audio("synth", "--out", RUNS / "open-domain", "--clips", OPEN_DOMAIN_CLIPS, "--tasks", "open_asr",
                     "--languages", "en", "--seed", SEED + 1, "--test-fraction", 0.99)),
@@ -157,7 +167,8 @@ def export() -> None:
     tmp = ASSET.with_name(".demo-model.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, dtype="bfloat16")
-    for name, stem in (("synth", "synth"), ("preference-sft", "preference"), ("preference-dpo", "preference")):
+    for name, stem in (("synth", "synth"), ("extra-test", "synth"), ("preference-sft", "preference"),
+                       ("preference-dpo", "preference")):
         for suffix in (".results.json", ".results.md"):
             shutil.copy(RUNS / "eval" / name / f"{stem}{suffix}", tmp / f"eval-{name}{suffix}")
     shutil.copy(RUNS / "timings.json", tmp / "timings.json")

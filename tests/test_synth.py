@@ -822,6 +822,8 @@ def test_age_labels_by_measured_pitch_and_speaking_rate():
 def test_part_b_bad_arguments_are_one_clear_error(monkeypatch):
     with pytest.raises(ValueError, match="task 'ja_asr' speaks only ja"):
         resolve(["ja_asr"], ["fr"], clips=3)
+    with pytest.raises(ValueError, match="task 'lid' tells languages apart: give at least two --languages"):
+        resolve(["lid", "asr"], ["en"], clips=3)
     with pytest.raises(ValueError, match="no Faker locale for language 'xx'"):
         names._faker("xx")
     monkeypatch.setattr(fortunes, "DPKG_LISTS", Path("/nonexistent"))

@@ -125,6 +125,9 @@ def resolve(tasks: list[str] | None, languages: list[str] | None, clips: int | N
         raise ValueError(f"task {bad!r} speaks only {', '.join(TASKS[bad].languages)}; none is in --languages")
     if not speakable:
         raise ValueError("no task can be made in the chosen languages")
+    if "lid" in speakable and len(langs) < 2:  # its answer is one of the corpus' languages: one is no question
+        raise ValueError(f"task 'lid' tells languages apart: give at least two --languages, not {langs[0]!r} alone "
+                         "(or leave lid out)")
     if voices not in VOICE_SETS:
         raise ValueError(f"unknown voice set {voices!r}; known: {', '.join(VOICE_SETS)}")
     if not 0 <= test_fraction < 1:
