@@ -222,18 +222,21 @@ def test_held_out_voices_and_sentences():
 
 @needs_engines
 def test_extended_voices_add_named_variants_to_training_only():
-    def draw(seed, split, voices):
-        return tasks.Draw(np.random.default_rng(seed), random.Random(seed), split, ("en",), voices)
+    def gender_item(seed, split, voices):
+        return tasks.make_gender(tasks.Draw(np.random.default_rng(seed), random.Random(seed), split, ("en",), voices))
 
-    core = {tasks.make_gender(draw(s, "train", "core")).voice.rsplit("+", 1)[1] for s in range(60)}
-    extended = [tasks.make_gender(draw(s, "train", "extended")) for s in range(60)]
-    named = {i.voice.rsplit("+", 1)[1] for i in extended} - set(speech.MALE_VARIANTS + speech.FEMALE_VARIANTS)
-    assert core == set(speech.MALE_VARIANTS + speech.FEMALE_VARIANTS) - set(speech.TEST_VARIANTS)
-    assert named and all(v in speech.EXTENDED_VARIANTS[i.answer] for i in extended
-                         for v in [i.voice.rsplit("+", 1)[1]] if v in named)  # a named variant speaks its own sex
+    def variant(item):
+        return item.voice.rsplit("+", 1)[1]
+
+    numbered = set(speech.MALE_VARIANTS + speech.FEMALE_VARIANTS)
+    core = {variant(gender_item(s, "train", "core")) for s in range(60)}
+    extended = [gender_item(s, "train", "extended") for s in range(60)]
+    named = [i for i in extended if variant(i) not in numbered]
+    assert core == numbered - set(speech.TEST_VARIANTS)
+    assert named and all(variant(i) in speech.EXTENDED_VARIANTS[i.answer] for i in named)  # each speaks its own sex
     for item in extended:  # every named variant speaks (espeak-ng knows it)
         assert len(item.audio) > 0.3 * SAMPLE_RATE and np.abs(item.audio).max() > 0.01
-    test = {tasks.make_gender(draw(s, "test", "extended")).voice.rsplit("+", 1)[1] for s in range(20)}
+    test = {variant(gender_item(s, "test", "extended")) for s in range(20)}
     assert test == set(speech.TEST_VARIANTS)  # the test split keeps the held-out voices alone
     with pytest.raises(ValueError, match="unknown voice set 'all'"):
         resolve(["gender"], ["en"], clips=3, voices="all")
