@@ -257,6 +257,38 @@ def test_encoder_projector_lm_train_separately_with_their_own_learning_rates(tin
     assert run.model.audio_encoder.positional_embedding.equal(start.audio_encoder.positional_embedding)
 
 
+def test_short_batches_on_a_cpu_train_with_math_attention_and_the_same_gradients(tiny):
+    from types import SimpleNamespace
+
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from qwen2audio.train.loop import CPU_MATH_ATTENTION_MAX_TOKENS, attention_backend
+
+    cpu = SimpleNamespace(dist=SimpleNamespace(device=torch.device("cpu")))
+    short = SimpleNamespace(input_ids=torch.zeros(2, CPU_MATH_ATTENTION_MAX_TOKENS, dtype=torch.long))
+    long = SimpleNamespace(input_ids=torch.zeros(2, CPU_MATH_ATTENTION_MAX_TOKENS + 1, dtype=torch.long))
+    assert type(attention_backend(cpu, short)).__name__ != "nullcontext"
+    assert type(attention_backend(cpu, long)).__name__ == "nullcontext"
+    cuda = SimpleNamespace(dist=SimpleNamespace(device=torch.device("cuda")))
+    assert type(attention_backend(cuda, short)).__name__ == "nullcontext"
+
+    model = load(tiny / "ckpt", dtype=torch.float32)
+    ids = torch.randint(0, 200, (3, 40), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    mask[1, 30:] = mask[2, 12:] = 0  # right padding, as training collates
+    labels = ids.masked_fill(mask == 0, -100)
+    grads = {}
+    for backend in (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION):
+        model.zero_grad()
+        with sdpa_kernel([backend]):
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        grads[backend] = (loss.item(), [p.grad.clone() for p in model.decoder.parameters()])
+    (math_loss, math_grads), (flash_loss, flash_grads) = grads.values()
+    assert math_loss == pytest.approx(flash_loss, rel=1e-5)
+    for a, b in zip(math_grads, flash_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
     f = [lr_factor(s, warmup=4, max_steps=20, min_ratio=0.1) for s in range(21)]
     assert f[:4] == pytest.approx([0.2, 0.4, 0.6, 0.8]) and f[4] == 1.0

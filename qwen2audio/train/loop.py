@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..api import Qwen2AudioForConditionalGeneration
 from ..data import Batch, BatchLoader, Encoder, Planner, make_dataloader
@@ -37,6 +38,11 @@ from .model import TokenLogProbs, has_only_adapters_trainable, part_of, prepare,
 from .stage import Stage, forward
 
 HISTORY_KEPT = 10_000  # metric lines kept in memory (all of them go to metrics.jsonl)
+# On a CPU, PyTorch's flash-attention kernel is slower than plain matmul + softmax ("math") over short sequences
+# once its backward is counted: forward + backward, bf16, causal with padding, measured on a 2-core AMX Xeon with
+# 4 heads of 64 and with 28 of 128: math takes 0.55-0.7x the time at 64-128 tokens, breaks even near 200-250 and
+# takes 2-3x at 512 and beyond (whole pretraining steps of the demo model: 0.42 s against 0.56).
+CPU_MATH_ATTENTION_MAX_TOKENS = 192
 Hook = Callable[["Run", str], None]  # called as hook(run, event) with event "step" or "checkpoint"
 
 
@@ -73,6 +79,14 @@ class Run:
         if precision == "32-true":
             return contextlib.nullcontext()
         return torch.autocast(self.dist.device.type, dtype=torch.bfloat16)
+
+
+def attention_backend(run: Run, batch: Batch):
+    """The attention kernel for this micro-batch's forward (its backward follows what the forward ran): math
+    attention for short sequences on a CPU, PyTorch's own choice otherwise."""
+    if run.dist.device.type == "cpu" and batch.input_ids.shape[-1] <= CPU_MATH_ATTENTION_MAX_TOKENS:
+        return sdpa_kernel([SDPBackend.MATH])
+    return contextlib.nullcontext()
 
 
 # -- schedule ------------------------------------------------------------------------------------------------------
@@ -244,7 +258,7 @@ def train_step(run: Run, micro: list[Batch]) -> dict[str, float]:
     counts = all_reduce_sum(sum((Counter(stage.counts(b)) for b in micro), Counter()), d, d.device)
     sums: Counter = Counter()
     for i, batch in enumerate(micro):
-        with no_sync(run.module, d, sync=i == len(micro) - 1), run.autocast():
+        with no_sync(run.module, d, sync=i == len(micro) - 1), run.autocast(), attention_backend(run, batch):
             terms, metrics = stage.loss(run.module, batch)
             loss = sum(t.weight * t.total / max(counts.get(t.unit, 0), 1) for t in terms.values())
         (loss * d.world_size).backward()  # data parallelism averages gradients over processes: undo it
