@@ -82,8 +82,8 @@ class Run:
 
 
 def attention_backend(run: Run, batch: Batch):
-    """The attention kernel for this micro-batch's forward (its backward follows what the forward ran): math
-    attention for short sequences on a CPU, PyTorch's own choice otherwise."""
+    """The attention kernel for this micro-batch: math attention for short sequences on a CPU, PyTorch's own choice
+    otherwise. It must hold over the backward too, where gradient checkpointing runs the forward again."""
     if run.dist.device.type == "cpu" and batch.input_ids.shape[-1] <= CPU_MATH_ATTENTION_MAX_TOKENS:
         return sdpa_kernel([SDPBackend.MATH])
     return contextlib.nullcontext()
@@ -258,10 +258,11 @@ def train_step(run: Run, micro: list[Batch]) -> dict[str, float]:
     counts = all_reduce_sum(sum((Counter(stage.counts(b)) for b in micro), Counter()), d, d.device)
     sums: Counter = Counter()
     for i, batch in enumerate(micro):
-        with no_sync(run.module, d, sync=i == len(micro) - 1), run.autocast(), attention_backend(run, batch):
-            terms, metrics = stage.loss(run.module, batch)
-            loss = sum(t.weight * t.total / max(counts.get(t.unit, 0), 1) for t in terms.values())
-        (loss * d.world_size).backward()  # data parallelism averages gradients over processes: undo it
+        with attention_backend(run, batch):  # backward too: gradient checkpointing recomputes the forward there
+            with no_sync(run.module, d, sync=i == len(micro) - 1), run.autocast():
+                terms, metrics = stage.loss(run.module, batch)
+                loss = sum(t.weight * t.total / max(counts.get(t.unit, 0), 1) for t in terms.values())
+            (loss * d.world_size).backward()  # data parallelism averages gradients over processes: undo it
         for name, t in terms.items():
             sums[name] += float(t.total.detach()) / max(counts.get(t.unit, 0), 1) * t.weight
         for name, (total, unit) in metrics.items():
