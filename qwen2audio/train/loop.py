@@ -39,10 +39,10 @@ from .stage import Stage, forward
 
 HISTORY_KEPT = 10_000  # metric lines kept in memory (all of them go to metrics.jsonl)
 # On a CPU, PyTorch's flash-attention kernel is slower than plain matmul + softmax ("math") over short sequences
-# once its backward is counted: forward + backward, bf16, causal with padding, measured on a 2-core AMX Xeon with
-# 4 heads of 64 and with 28 of 128: math takes 0.55-0.7x the time at 64-128 tokens, breaks even near 200-250 and
-# takes 2-3x at 512 and beyond (whole pretraining steps of the demo model: 0.42 s against 0.56).
-CPU_MATH_ATTENTION_MAX_TOKENS = 192
+# once its backward is counted. bench/bench_train_attention.py (forward + backward, bf16, causal with padding, 2-core
+# AMX Xeon; 4 heads of 64 and 28 of 128): math takes 0.55-0.86x the flash kernel's time at 64-160 tokens, 1.1-1.4x
+# at 192, 2.4-3.1x at 512-768; 40 pretraining batches of the demo corpus: 0.34-0.39 s a step against 0.41-0.47.
+CPU_MATH_ATTENTION_MAX_TOKENS = 160
 Hook = Callable[["Run", str], None]  # called as hook(run, event) with event "step" or "checkpoint"
 
 
