@@ -266,10 +266,12 @@ def test_short_batches_on_a_cpu_train_with_math_attention_and_the_same_gradients
     cpu = SimpleNamespace(dist=SimpleNamespace(device=torch.device("cpu")))
     short = SimpleNamespace(input_ids=torch.zeros(2, CPU_MATH_ATTENTION_MAX_TOKENS, dtype=torch.long))
     long = SimpleNamespace(input_ids=torch.zeros(2, CPU_MATH_ATTENTION_MAX_TOKENS + 1, dtype=torch.long))
-    assert type(attention_backend(cpu, short)).__name__ != "nullcontext"
-    assert type(attention_backend(cpu, long)).__name__ == "nullcontext"
     cuda = SimpleNamespace(dist=SimpleNamespace(device=torch.device("cuda")))
-    assert type(attention_backend(cuda, short)).__name__ == "nullcontext"
+    flash_allowed = torch.backends.cuda.flash_sdp_enabled  # the one switch for every device's flash kernel
+    for run, batch, flash in ((cpu, short, False), (cpu, long, True), (cuda, short, True)):
+        with attention_backend(run, batch):
+            assert flash_allowed() is flash and torch.backends.cuda.math_sdp_enabled()
+    assert flash_allowed()  # restored on leaving
 
     model = load(tiny / "ckpt", dtype=torch.float32)
     ids = torch.randint(0, 200, (3, 40), generator=torch.Generator().manual_seed(0))
