@@ -9,25 +9,13 @@ is printed with the ratio (reference time / our time = "x faster") and the max a
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import torch
 from transformers import WhisperFeatureExtractor
 
 from qwen2audio.audio import SAMPLE_RATE, log_mel_spectrogram
-
-
-def median_times(fns, repeats: int) -> list[float]:
-    """Median wall time of each function; the runs alternate so that both see the same machine load."""
-    times = [[] for _ in fns]
-    for _ in range(repeats + 1):  # the first round warms up
-        for fn, ts in zip(fns, times):
-            t0 = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t0)
-    return [statistics.median(ts[1:]) for ts in times]
+from timing import median_times  # bench/ is on the path when a benchmark runs
 
 
 def main() -> None:

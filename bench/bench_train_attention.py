@@ -12,19 +12,22 @@ bf16 autocast at the lengths its pretraining batches have. The training loop pic
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
+import json
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from qwen2audio.model import Qwen2, TextConfig
+from qwen2audio.model import Qwen2, Qwen2AudioConfig
 from qwen2audio.model.qwen2 import causal_padding_mask
 from qwen2audio.train.loop import CPU_MATH_ATTENTION_MAX_TOKENS
+from timing import median_times  # bench/ is on the path when a benchmark runs
 
 KERNELS = {"flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
 ANSWER_TOKENS = 8  # supervised tokens per row in the LM step (a task row's answer is short)
+DEMO_LM = Path(__file__).resolve().parents[1] / "recipes" / "demo" / "lm.json"
+DEMO_VOCAB = 3136  # the demo model's trimmed vocabulary
 
 
 def padded_mask(batch: int, length: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -32,17 +35,6 @@ def padded_mask(batch: int, length: int, generator: torch.Generator, device) -> 
     lengths = torch.randint(length // 2, length + 1, (batch,), generator=generator)
     attention_mask = (torch.arange(length)[None] < lengths[:, None]).long().to(device)
     return attention_mask, causal_padding_mask(attention_mask)
-
-
-def median_times(fns: dict, repeats: int) -> dict[str, float]:
-    """Median wall time of each function; the runs alternate so that both see the same machine load."""
-    times = {name: [] for name in fns}
-    for _ in range(repeats + 1):  # the first round warms up
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts[1:]) for name, ts in times.items()}
 
 
 def attention_case(batch, heads, kv_heads, head_dim, length, device, repeats) -> dict[str, float]:
@@ -58,14 +50,14 @@ def attention_case(batch, heads, kv_heads, head_dim, length, device, repeats) ->
             out.float().sum().backward()
         return run
 
-    return median_times({name: step(kernel) for name, kernel in KERNELS.items()}, repeats)
+    return dict(zip(KERNELS, median_times([step(kernel) for kernel in KERNELS.values()], repeats)))
 
 
 def lm_step_case(length, device, repeats) -> dict[str, float]:
     """The demo LM (recipes/demo/lm.json, trimmed vocabulary): forward, the loss on each row's last ANSWER_TOKENS
     and backward, B 32 rows."""
-    config = TextConfig(vocab_size=3136, dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=1024,
-                        tie_embeddings=True)
+    text = {**json.loads(DEMO_LM.read_text()), "vocab_size": DEMO_VOCAB}
+    config = Qwen2AudioConfig.from_hf_dict({"text_config": text}).text
     torch.manual_seed(0)
     lm = Qwen2(config).to(device)
     g = torch.Generator().manual_seed(length)
@@ -83,7 +75,7 @@ def lm_step_case(length, device, repeats) -> dict[str, float]:
             lm.zero_grad(set_to_none=True)
         return run
 
-    return median_times({name: step(kernel) for name, kernel in KERNELS.items()}, repeats)
+    return dict(zip(KERNELS, median_times([step(kernel) for kernel in KERNELS.values()], repeats)))
 
 
 def report(label: str, t: dict[str, float]) -> None:

@@ -261,6 +261,7 @@ def test_short_batches_on_a_cpu_train_with_math_attention_and_the_same_gradients
     from types import SimpleNamespace
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
+    from qwen2audio.model import IGNORE_INDEX
     from qwen2audio.train.loop import CPU_MATH_ATTENTION_MAX_TOKENS, attention_backend
 
     cpu = SimpleNamespace(dist=SimpleNamespace(device=torch.device("cpu")))
@@ -277,7 +278,7 @@ def test_short_batches_on_a_cpu_train_with_math_attention_and_the_same_gradients
     ids = torch.randint(0, 200, (3, 40), generator=torch.Generator().manual_seed(0))
     mask = torch.ones_like(ids)
     mask[1, 30:] = mask[2, 12:] = 0  # right padding, as training collates
-    labels = ids.masked_fill(mask == 0, -100)
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
     grads = {}
     for backend in (SDPBackend.MATH, SDPBackend.FLASH_ATTENTION):
         model.zero_grad()
