@@ -37,7 +37,7 @@ demo: install system-deps
 	$(PY) scripts/demo.py
 
 # Rebuild the embedded demo model from nothing but this repository (corpus, build, trim, 3 stages, eval, export to
-# qwen2audio/assets/demo-model); about 100 minutes on 2 quiet cores (123 measured beside other jobs), resumable
+# qwen2audio/assets/demo-model); about 120 minutes estimated on 2 quiet cores (178 measured on a slower VM), resumable
 # (runs/demo/). See scripts/make_demo_model.py.
 demo-model: install system-deps
 	$(PY) scripts/make_demo_model.py
