@@ -90,6 +90,13 @@ def steps() -> list[tuple[str, Path, list[str]]]:
         (name, RUNS / name / "final" / "config.json",
          qwen2audio("train", "--stage", recipe.split("_")[0], "--config", RECIPE / f"{recipe}.yaml", "--resume"))
         for name, recipe in RECIPES.items()]
+
+    def clip_corpus(step: str, name: str, clips: int, tasks: str, seed: int, test_fraction: float, *more: str):
+        """A corpus of a fixed number of clips beside the main one, in runs/demo/<name>/."""
+        return (step, RUNS / name / "dataset_info.json",
+                qwen2audio("synth", "--out", RUNS / name, "--clips", clips, "--tasks", tasks, "--seed", seed,
+                           "--test-fraction", test_fraction, *more))
+
     return [
         ("corpus", corpus / "dataset_info.json",
          qwen2audio("synth", "--out", corpus, "--hours", CORPUS_HOURS, "--tasks", CORPUS_TASKS, "--seed", SEED,
@@ -101,17 +108,12 @@ def steps() -> list[tuple[str, Path, list[str]]]:
          qwen2audio("trim-vocab", "--model", RUNS / "built", "--out", init, "--force", "--corpus",
                     *(corpus / "train" / f"{kind}.jsonl" for kind in ("pretrain", "sft", "dpo")))),
         pretrain,
-        ("focus corpus", RUNS / "focus-corpus" / "dataset_info.json",  # same generators: the trimmed vocabulary holds
-         qwen2audio("synth", "--out", RUNS / "focus-corpus", "--clips", FOCUS_CLIPS, "--tasks", FOCUS_TASKS,
-                    "--seed", FOCUS_SEED, "--test-fraction", 0.01)),
+        # the main corpus' generators, so the trimmed vocabulary holds for it (and for the sex and count corpora)
+        clip_corpus("focus corpus", "focus-corpus", FOCUS_CLIPS, FOCUS_TASKS, FOCUS_SEED, 0.01),
         focus,
-        ("sex corpus", RUNS / "sex-corpus" / "dataset_info.json",
-         qwen2audio("synth", "--out", RUNS / "sex-corpus", "--clips", SEX_CLIPS, "--tasks", "gender",
-                    "--seed", SEX_SEED, "--test-fraction", 0.01)),
+        clip_corpus("sex corpus", "sex-corpus", SEX_CLIPS, "gender", SEX_SEED, 0.01),
         sft,
-        ("count corpus", RUNS / "count-corpus" / "dataset_info.json",
-         qwen2audio("synth", "--out", RUNS / "count-corpus", "--clips", COUNT_CLIPS, "--tasks", "count",
-                    "--seed", COUNT_SEED, "--test-fraction", 0.01)),
+        clip_corpus("count corpus", "count-corpus", COUNT_CLIPS, "count", COUNT_SEED, 0.01),
         sft_focus, dpo,
         ("eval", RUNS / "eval" / "synth" / "synth.results.json",
          qwen2audio("eval", "--model", RUNS / "dpo" / "final", "--benchmark", "synth", "--data", corpus / "eval",
@@ -121,15 +123,12 @@ def steps() -> list[tuple[str, Path, list[str]]]:
                       corpus / "test" / "dpo.jsonl", "--out", RUNS / "eval" / f"preference-{stage}",
                       "--limit", EVAL_LIMIT * 3))
           for stage, model in (("sft", "sft-focus"), ("dpo", "dpo"))],  # before and after DPO
-        ("extra test corpus", RUNS / "extra-test" / "dataset_info.json",
-         qwen2audio("synth", "--out", RUNS / "extra-test", "--clips", EXTRA_TEST_CLIPS, "--tasks", EXTRA_TEST_TASKS,
-                    "--seed", EXTRA_TEST_SEED, "--test-fraction", 0.99)),
+        clip_corpus("extra test corpus", "extra-test", EXTRA_TEST_CLIPS, EXTRA_TEST_TASKS, EXTRA_TEST_SEED, 0.99),
         ("eval-extra-test", RUNS / "eval" / "extra-test" / "synth.results.json",
          qwen2audio("eval", "--model", RUNS / "dpo" / "final", "--benchmark", "synth", "--data",
                     RUNS / "extra-test" / "eval", "--out", RUNS / "eval" / "extra-test")),
-        ("open-domain corpus", RUNS / "open-domain" / "dataset_info.json",
-         qwen2audio("synth", "--out", RUNS / "open-domain", "--clips", OPEN_DOMAIN_CLIPS, "--tasks", "open_asr",
-                    "--languages", "en", "--seed", SEED + 1, "--test-fraction", 0.99)),
+        clip_corpus("open-domain corpus", "open-domain", OPEN_DOMAIN_CLIPS, "open_asr", SEED + 1, 0.99,
+                    "--languages", "en"),
         ("eval-open-domain", RUNS / "eval" / "open-domain" / "synth.results.json",
          qwen2audio("eval", "--model", RUNS / "dpo" / "final", "--benchmark", "synth", "--data",
                     RUNS / "open-domain" / "eval", "--out", RUNS / "eval" / "open-domain")),
