@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "model", "") is None and not getattr(args, "api", None):
             args.model = str(default_model_path())  # every --model defaults to the embedded demo model
         args.func(args)
-    except (CheckpointError, AudioError, ValueError, FileNotFoundError) as e:
+    except (CheckpointError, AudioError, ValueError, FileNotFoundError, FileExistsError) as e:
         print(f"qwen2audio {args.command}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -171,6 +171,12 @@ def test_sigkill_and_resume_gives_the_uninterrupted_weights(tiny, tmp_path):
     c = load_file(tmp_path / "dying" / "final" / "model.safetensors")
     assert max((a[k] - c[k]).abs().max().item() for k in a) <= 1e-6
 
+    # a new run (no resume) into a folder holding checkpoints stops before it writes anything over them
+    before = (tmp_path / "dying" / "metrics.jsonl").read_bytes()
+    with pytest.raises(FileExistsError, match=f"latest step-{2 * N:08d}.*--resume"):
+        train(load_config(None, [f"out_dir={tmp_path / 'dying'}", *common], stage="sft"))
+    assert (tmp_path / "dying" / "metrics.jsonl").read_bytes() == before
+
 
 # -- must show 4: FSDP and DDP ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("strategy", ["fsdp", "ddp"])

@@ -116,6 +116,11 @@ def param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, 
 # -- setup ---------------------------------------------------------------------------------------------------------
 def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None = None) -> Run:
     """Everything a run needs. `resume`: True = the latest checkpoint in out_dir (if any), or a checkpoint path."""
+    if not resume and (previous := latest_checkpoint(Path(config.out_dir) / "checkpoints")) is not None:
+        # a new run would write its step-N over the old run's, and its metrics after the old ones
+        raise FileExistsError(f"{config.out_dir} already holds a run's checkpoints (latest {previous.name}): pass "
+                              "--resume to continue that run, or out_dir=ANOTHER_DIR (or delete the folder) to "
+                              "start a new one")
     d = init_distributed(config.distributed, config.device)
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
