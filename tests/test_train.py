@@ -72,6 +72,20 @@ def test_sft_lora_recipe_loss_falls_and_exports_a_model_transformers_loads(tiny,
         torch.testing.assert_close(ours(ids).logits, hf(input_ids=ids).logits, atol=1e-5, rtol=0)
 
 
+def test_compiled_decoder_trains_like_the_eager_one_and_saves_the_same_names(tiny, tmp_path):
+    common = [f"data.train={tiny / 'task.jsonl'}", "model.lm=full", "optim.lr=1e-2", "train.max_steps=4",
+              "checkpoint.save_final=true"]
+    eager = train(load_config(None, overrides(tiny, tmp_path / "eager", *common), stage="pretrain"))
+    compiled = train(load_config(None, overrides(tiny, tmp_path / "compiled", *common, "train.compile=true"),
+                                 stage="pretrain"))
+    assert compiled.model.decoder._compiled_call_impl is not None  # it did compile (a C++ compiler is installed)
+    assert losses(compiled) == pytest.approx(losses(eager), abs=2e-4)  # fp32: the fused kernels round differently
+    a = load_file(tmp_path / "eager" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "compiled" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-3
+
+
 def test_dpo_raises_preference_accuracy_and_reward_margin(tiny, tmp_path):
     run = train(load_config(None, overrides(tiny, tmp_path, f"data.train={tiny / 'dpo.jsonl'}", "model.lm=lora",
                                             "model.projector=frozen", "optim.lr=2e-3", "dpo.beta=0.1",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import shutil
 import time
 import warnings
 from collections import Counter, deque
@@ -138,6 +139,8 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
         module.to(d.device)
     module = wrap(module, d, shard_layers(model))
     reference = _reference(config, module, prepared.reference, d)
+    if config.train.compile:
+        compile_decoder(model, d, writer.note)
     stage = dpo.make_stage(config.dpo, reference) if config.stage == "dpo" else \
         {"pretrain": pretrain.STAGE, "sft": sft.STAGE}[config.stage]
 
@@ -168,6 +171,18 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
                         + ", ".join(f"{k} {v:,}" for k, v in counts.items())
                         + (f"; resumed from {path} at step {run.step}" if path else ""))
     return run
+
+
+def compile_decoder(model, d: Dist, note) -> None:
+    """torch.compile the LM decoder in place (parameter names unchanged), for every sequence length at once. The
+    audio encoder is not compiled: it is frozen and cached, or trains too rarely here to have been measured. Its
+    elementwise work (norms, rotary, SiLU, residuals, autocast's casts) is most of a small model's step on a CPU,
+    and the fused kernels halve it. Inductor writes C++ on a CPU: without a compiler the run goes on uncompiled."""
+    if d.device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        note("train.compile: no C++ compiler on this machine (apt-get install g++): training uncompiled")
+        return
+    model.decoder.compile(dynamic=True)
+    note("train.compile: the LM decoder is compiled on the first steps (minutes the first time; cached after)")
 
 
 def build_data(config: TrainConfig, stage: Stage, tokenizer, model, d: Dist, encoder_cache=None):
