@@ -3,6 +3,7 @@ process, LoRA counting and merging, the config schema and the command line."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -72,6 +73,8 @@ def test_sft_lora_recipe_loss_falls_and_exports_a_model_transformers_loads(tiny,
         torch.testing.assert_close(ours(ids).logits, hf(input_ids=ids).logits, atol=1e-5, rtol=0)
 
 
+@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
+                    reason="torch.compile on a CPU needs a C++ compiler: apt-get install g++")
 def test_compiled_decoder_trains_like_the_eager_one_and_saves_the_same_names(tiny, tmp_path):
     common = [f"data.train={tiny / 'task.jsonl'}", "model.lm=full", "optim.lr=1e-2", "train.max_steps=4",
               "checkpoint.save_final=true"]
