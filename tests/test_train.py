@@ -3,7 +3,6 @@ process, LoRA counting and merging, the config schema and the command line."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ from test_data import pitch_rows, tiny_checkpoint, write_jsonl
 from qwen2audio import Qwen2AudioForConditionalGeneration, load
 from qwen2audio.train import LoRALinear, apply_lora, load_config, lr_factor, merge_lora, train
 from qwen2audio.train.dpo import preference_loss
+from qwen2audio.train.loop import has_cxx_compiler
 from qwen2audio.train.config import DPOConfig
 from qwen2audio.train.model import TokenLogProbs
 
@@ -73,8 +73,7 @@ def test_sft_lora_recipe_loss_falls_and_exports_a_model_transformers_loads(tiny,
         torch.testing.assert_close(ours(ids).logits, hf(input_ids=ids).logits, atol=1e-5, rtol=0)
 
 
-@pytest.mark.skipif(not any(shutil.which(c) for c in ("c++", "g++", "clang++")),
-                    reason="torch.compile on a CPU needs a C++ compiler: apt-get install g++")
+@pytest.mark.skipif(not has_cxx_compiler(), reason="torch.compile on a CPU needs a C++ compiler: apt-get install g++")
 def test_compiled_decoder_trains_like_the_eager_one_and_saves_the_same_names(tiny, tmp_path):
     common = [f"data.train={tiny / 'task.jsonl'}", "model.lm=full", "optim.lr=1e-2", "train.max_steps=4",
               "checkpoint.save_final=true"]

@@ -173,12 +173,17 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
     return run
 
 
+def has_cxx_compiler() -> bool:
+    """Whether inductor can build its CPU kernels here (it writes C++)."""
+    return any(shutil.which(c) for c in ("c++", "g++", "clang++"))
+
+
 def compile_decoder(model, d: Dist, note) -> None:
     """torch.compile the LM decoder in place (parameter names unchanged), for every sequence length at once. The
-    audio encoder is not compiled: it is frozen and cached, or trains too rarely here to have been measured. Its
-    elementwise work (norms, rotary, SiLU, residuals, autocast's casts) is most of a small model's step on a CPU,
-    and the fused kernels halve it. Inductor writes C++ on a CPU: without a compiler the run goes on uncompiled."""
-    if d.device.type == "cpu" and not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+    decoder's elementwise work (norms, rotary, SiLU, residuals, autocast's casts) is most of a small model's step on
+    a CPU, and the fused kernels halve it. The audio encoder is not compiled: it is frozen and cached, or trains too
+    rarely here to have been measured. Without a C++ compiler on a CPU the run goes on uncompiled."""
+    if d.device.type == "cpu" and not has_cxx_compiler():
         note("train.compile: no C++ compiler on this machine (apt-get install g++): training uncompiled")
         return
     model.decoder.compile(dynamic=True)
