@@ -23,13 +23,16 @@
                                       (scripts/make_demo_clips.py)
 
 Every step writes into runs/demo/ and is skipped when its output exists (training steps resume from their last
-checkpoint), so an interrupted run continues where it stopped. runs/demo/timings.json records each step's time.
+checkpoint), so an interrupted run continues where it stopped. runs/demo/timings.json records each step's time, and
+runs/demo/machine.json the machine's speed as each step began (a 2048² matmul in fp32 and bf16, and the load): this
+VM's speed drifts by 2-3x from hour to hour, so a step's time means little without it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -68,6 +71,24 @@ EXTRA_TEST_CLIPS, EXTRA_TEST_SEED, EXTRA_TEST_TASKS = 1520, 3, "gender,count,lid
 # training steps: runs/demo/<name>/, trained by recipes/demo/<recipe>.yaml (a recipe's name starts with its stage)
 RECIPES = {"pretrain": "pretrain", "focus": "pretrain_focus", "sft": "sft", "sft-focus": "sft_focus", "dpo": "dpo"}
 CURVE_STAGES = ("pretrain", "focus")  # whose checkpoints make the learning curve, in order
+
+
+def machine_speed(n: int = 2048, repeats: int = 3) -> dict[str, float]:
+    """GFLOP/s of an n×n matmul in fp32 and bf16 (best of `repeats`, ~1 s in all) and the 1-minute load average."""
+    import torch
+
+    speed = {}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        a @ b
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - start)
+        speed[f"{name}_GFLOPs"] = round(2 * n**3 / best / 1e9, 1)
+    speed["load"] = round(os.getloadavg()[0], 2)
+    return speed
 
 
 def qwen2audio(*args: str) -> list[str]:
@@ -187,6 +208,8 @@ def export() -> None:
         for suffix in (".results.json", ".results.md"):
             shutil.copy(RUNS / "eval" / name / f"{stem}{suffix}", tmp / f"eval-{name}{suffix}")
     shutil.copy(RUNS / "timings.json", tmp / "timings.json")
+    if (RUNS / "machine.json").exists():
+        shutil.copy(RUNS / "machine.json", tmp / "machine.json")
     shutil.copy(RUNS / "eval" / "open-domain" / "synth.results.md", tmp / "eval-open-domain.results.md")
     if (RUNS / "eval" / "learning_curve.json").exists():
         shutil.copy(RUNS / "eval" / "learning_curve.json", tmp / "eval-learning-curve.json")
@@ -206,11 +229,15 @@ def main() -> None:
     RUNS.mkdir(parents=True, exist_ok=True)
     timings_path = RUNS / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
+    machine_path = RUNS / "machine.json"
+    speeds = json.loads(machine_path.read_text()) if machine_path.exists() else {}
     for name, done, command in steps():
         if done.exists():
             print(f"== {name}: done ({done.relative_to(ROOT)} exists)")
         else:
-            print(f"== {name}: {' '.join(command[2:])}", flush=True)
+            speeds[name] = machine_speed()
+            machine_path.write_text(json.dumps(speeds, indent=1))
+            print(f"== {name}: {' '.join(command[2:])}\n   machine: {speeds[name]}", flush=True)
             start = time.perf_counter()
             subprocess.run(command, check=True, cwd=ROOT)
             timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 1)
@@ -218,6 +245,8 @@ def main() -> None:
         if name == args.until:
             return
     if "curve" not in timings:
+        speeds["curve"] = machine_speed()
+        machine_path.write_text(json.dumps(speeds, indent=1))
         start = time.perf_counter()
         learning_curve()
         timings["curve"] = round(time.perf_counter() - start, 1)
