@@ -25,7 +25,8 @@
 Every step writes into runs/demo/ and is skipped when its output exists (training steps resume from their last
 checkpoint), so an interrupted run continues where it stopped. runs/demo/timings.json records each step's time, and
 runs/demo/machine.json the machine's speed as each step began (a 2048² matmul in fp32 and bf16, and the load): this
-VM's speed drifts by 2-3x from hour to hour, so a step's time means little without it.
+VM's speed drifts (a 2048² fp32 matmul at 124 to 438 GFLOP/s on different days), so a step's time means
+little without it.
 """
 
 from __future__ import annotations
