@@ -37,7 +37,7 @@ demo: install system-deps
 	$(PY) scripts/demo.py
 
 # Rebuild the embedded demo model from nothing but this repository (corpus, build, trim, 3 stages, eval, export to
-# qwen2audio/assets/demo-model); about 125-130 minutes in one run on 2 cores of a slow VM with the compiled decoder
+# qwen2audio/assets/demo-model); about 120-130 minutes in one run on 2 cores of a slow VM with the compiled decoder
 # (README), resumable (runs/demo/). See scripts/make_demo_model.py.
 demo-model: install system-deps
 	$(PY) scripts/make_demo_model.py
