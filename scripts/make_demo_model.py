@@ -228,30 +228,31 @@ def main() -> None:
     parser.add_argument("--no-export", action="store_true", help="leave the shipped model as it is")
     args = parser.parse_args()
     RUNS.mkdir(parents=True, exist_ok=True)
-    timings_path = RUNS / "timings.json"
+    timings_path, machine_path = RUNS / "timings.json", RUNS / "machine.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
-    machine_path = RUNS / "machine.json"
     speeds = json.loads(machine_path.read_text()) if machine_path.exists() else {}
+
+    def timed(name: str, action) -> None:
+        """Run one step, with the machine's speed as it begins and its time (added to a killed try's) recorded."""
+        speeds[name] = machine_speed()
+        machine_path.write_text(json.dumps(speeds, indent=1))
+        print(f"   machine: {speeds[name]}", flush=True)
+        start = time.perf_counter()
+        action()
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 1)
+        timings_path.write_text(json.dumps(timings, indent=1))
+
     for name, done, command in steps():
         if done.exists():
             print(f"== {name}: done ({done.relative_to(ROOT)} exists)")
         else:
-            speeds[name] = machine_speed()
-            machine_path.write_text(json.dumps(speeds, indent=1))
-            print(f"== {name}: {' '.join(command[2:])}\n   machine: {speeds[name]}", flush=True)
-            start = time.perf_counter()
-            subprocess.run(command, check=True, cwd=ROOT)
-            timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 1)
-            timings_path.write_text(json.dumps(timings, indent=1))
+            print(f"== {name}: {' '.join(command[2:])}", flush=True)
+            timed(name, lambda: subprocess.run(command, check=True, cwd=ROOT))
         if name == args.until:
             return
     if "curve" not in timings:
-        speeds["curve"] = machine_speed()
-        machine_path.write_text(json.dumps(speeds, indent=1))
-        start = time.perf_counter()
-        learning_curve()
-        timings["curve"] = round(time.perf_counter() - start, 1)
-        timings_path.write_text(json.dumps(timings, indent=1))
+        print("== curve: every stage-1 and focus checkpoint exported and scored on English ASR", flush=True)
+        timed("curve", learning_curve)
     print(f"total {sum(timings.values()) / 60:.1f} min: " + ", ".join(f"{k} {v / 60:.1f}" for k, v in timings.items()))
     if not args.no_export:
         export()
