@@ -68,6 +68,11 @@ class _RecordingTokenizer:
             self.used.update(ids)
         return ids
 
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        ids, offsets = self.tokenizer.encode_with_offsets(text)
+        self.used.update(ids)
+        return ids, offsets
+
     def __getattr__(self, name: str):
         return getattr(self.tokenizer, name)
 

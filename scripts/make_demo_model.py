@@ -128,7 +128,7 @@ def steps() -> list[tuple[str, Path, list[str]]]:
                     "--seed", SEED, "--dtype", "float32", "--force")),
         ("trim", init / "config.json",
          qwen2audio("trim-vocab", "--model", RUNS / "built", "--out", init, "--force", "--corpus",
-                    *(corpus / "train" / f"{kind}.jsonl" for kind in ("pretrain", "sft", "dpo")))),
+                    *(corpus / "train" / f"{kind}.jsonl" for kind in ("pretrain", "sft", "dpo", "text")))),
         pretrain,
         # the main corpus' generators, so the trimmed vocabulary holds for it (and for the sex and count corpora)
         clip_corpus("focus corpus", "focus-corpus", FOCUS_CLIPS, FOCUS_TASKS, FOCUS_SEED, 0.01),

@@ -180,6 +180,35 @@ def test_supervised_tokens_decode_to_exactly_the_assistant_answers(tmp_path, qwe
     assert "Audio 1: <|audio_bos|><|AUDIO|>" in text
 
 
+def test_loss_false_leaves_parts_and_turns_out_of_the_loss(tmp_path, qwen_tokenizer):
+    # ms-swift's per-message "loss": false, and the same flag on a text part of an assistant turn: a voice-chat answer
+    # trained on its restatement and its end, not on the result between them
+    write_tone(tmp_path / "a.wav", 0.5, 300)
+    rows = [{"messages": [{"role": "user", "content": "<audio>"}, {"role": "assistant", "content": [
+                {"type": "text", "text": "The answer to twelve plus two is"},
+                {"type": "text", "text": " 14", "loss": False}, {"type": "text", "text": "."}]}], "audios": ["a.wav"]},
+            {"messages": [{"role": "user", "content": "<audio>"}, {"role": "assistant", "content": [
+                {"type": "text", "text": "The answer to nine times five is", "loss": False},
+                {"type": "text", "text": " 45."}]}], "audios": ["a.wav"]},
+            {"messages": [{"role": "user", "content": "Hi<audio>"}, {"role": "assistant", "content": "Hello!",
+                                                                     "loss": False},
+                          {"role": "user", "content": "Again"}, {"role": "assistant", "content": "Hello again!"}],
+             "audios": ["a.wav"]}]
+    manifest = write_jsonl(tmp_path / "parts.jsonl", rows)
+    (batch,) = load_batches([SourceConfig(str(manifest))], Encoder(qwen_tokenizer), BatchLoader.from_tokenizer(
+        qwen_tokenizer))
+    assert [supervised_spans(qwen_tokenizer, labels) for labels in batch.labels] == [
+        ["The answer to twelve plus two is", ".<|im_end|>"], [" 45.<|im_end|>"], ["Hello again!<|im_end|>"]]
+    # the ids are those of the whole answer (the template renders the parts as one text)
+    text = qwen_tokenizer.decode(batch.input_ids[0][batch.attention_mask[0].bool()].tolist())
+    assert text.endswith("<|im_start|>assistant\nThe answer to twelve plus two is 14.<|im_end|>\n")
+    with pytest.raises(ValueError, match="only assistant turns carry loss"):
+        parse_row({"messages": [{"role": "user", "content": "x", "loss": False}]}, tmp_path)
+    with pytest.raises(ValueError, match="use true or false"):
+        parse_row({"messages": [{"role": "user", "content": "x"},
+                                {"role": "assistant", "content": [{"text": "y", "loss": "no"}]}]}, tmp_path)
+
+
 def test_left_and_right_padding_give_the_same_loss(tmp_path):
     from qwen2audio.train.model import TokenLogProbs
 

@@ -276,12 +276,17 @@ def test_manifests_are_read_by_the_trainer_and_the_evaluator(corpus_dir):
         for name, cls in kinds.items():
             lines = (folder / f"{name}.jsonl").read_text().splitlines()
             multi_audio = info["splits"][split]["tasks"]["compare"]["clips"]  # no task row: it holds one audio
-            assert len(lines) == info["splits"][split]["clips"] - (multi_audio if name == "pretrain" else 0)
+            decoys = info["splits"][split]["tasks"]["voice_chat"]["clips"]  # a second SFT row on the same audio
+            assert len(lines) == info["splits"][split]["clips"] + {"pretrain": -multi_audio, "sft": decoys}.get(name, 0)
             for line in lines:
                 sample = parse_row(json.loads(line), folder)
                 assert isinstance(sample, cls)
                 if cls is Preference:
                     assert sample.chosen != sample.rejected
+        text = folder / "text.jsonl"  # the arithmetic facts, as text, for the train split only
+        assert (split == "train") == text.exists()
+        if text.exists():
+            assert all(isinstance(parse_row(json.loads(line), folder), Chat) for line in text.read_text().splitlines())
         for line in (folder / "pretrain.jsonl").read_text().splitlines():
             row = json.loads(line)
             audio, rate = sf.read(folder / row["audio"])
@@ -437,16 +442,38 @@ def test_captions_name_what_was_rendered():
 
 @needs_engines
 def test_voice_chat_questions_are_spoken_and_answered_right(corpus_dir):
+    restated = re.compile(r"^The answer to (\w+) (plus|minus|times) (\w+) is (\d+)\.$")
+
+    def value(a, name, b):
+        return tasks.OPERATIONS[name](tasks.SMALL_NUMBERS.index(a), tasks.SMALL_NUMBERS.index(b))
+
     for seed in range(6):
         item = tasks.make_voice_chat(_draw(seed))
-        what, a, name, b = item.fields["spoken"].rsplit(" ", 3)
-        result = tasks.OPERATIONS[name](tasks.SMALL_NUMBERS.index(a), tasks.SMALL_NUMBERS.index(b))
-        assert item.answer == f"The answer is {result}." and item.voice_chat and item.answer not in item.wrong
+        a, name, b = item.fields["spoken"].split()[2:]
+        assert item.answer == f"The answer to {a} {name} {b} is {value(a, name, b)}." and item.voice_chat
+        assert item.answer not in item.wrong and item.pretrain == ("asr", item.fields["spoken"])
+        # trained on the restatement and the full stop, not on the result (the facts give it, as text)
+        assert "".join(t for t, _ in item.answer_parts) == item.answer
+        assert [trained for _, trained in item.answer_parts] == [True, False, True]
+        assert item.answer_parts[1][0] == f" {value(a, name, b)}"
+        # the decoy restates another question (out of the loss) and gives its result (in it)
+        ((decoy_question, in_loss), (decoy_result, result_in_loss)), = item.decoys
+        x, op, y, r = restated.match(decoy_question + decoy_result).groups()
+        assert (x, op, y) != (a, name, b) and int(r) == value(x, op, y) and not in_loss and result_in_loss
     rows = [json.loads(line) for line in (corpus_dir / "train" / "sft.jsonl").read_text().splitlines()]
     voice = [r for r in rows if r["messages"][0]["content"] == "<audio>"]  # audio alone: the question is spoken
-    answers = {r["messages"][1]["content"].split()[1] for r in voice}
-    assert voice and all(r["messages"][1]["content"].endswith(".") for r in voice) and "answer" in answers  # arithmetic
-    assert len(answers) > 1  # and the world's facts
+    arithmetic = [r for r in voice if isinstance(r["messages"][1]["content"], list)]
+    assert arithmetic and len(arithmetic) < len(voice)  # and the world's facts
+    assert {tuple(p.get("loss", True) for p in r["messages"][1]["content"]) for r in arithmetic} == \
+        {(True, False, True), (False, True)}  # the answers and their decoys
+    pretrain = [json.loads(line) for line in (corpus_dir / "train" / "pretrain.jsonl").read_text().splitlines()]
+    assert all(r["task"] == "asr" and r["text"] == r["spoken"] for r in pretrain if r["source"] == "synth_voice_chat")
+    # the facts as text: every question of both splits, FACT_PASSES times each, several to an answer
+    text = [json.loads(line)["messages"] for line in (corpus_dir / "train" / "text.jsonl").read_text().splitlines()]
+    facts = Counter(f for m in text for f in re.findall(r"The answer to .+? is \d+\.", m[1]["content"]))
+    assert len(facts) == len(tasks.arithmetic_facts()) == 741 and set(facts.values()) == {tasks.FACT_PASSES}
+    assert all(int(restated.match(f).group(4)) == value(*restated.match(f).groups()[:3]) for f in facts)
+    assert {m[0]["content"] for m in text} == set(tasks.FACT_PROMPTS) and len(text) < len(facts) * tasks.FACT_PASSES / 3
 
 
 def test_fortune_cleaning_keeps_readable_sentences_only():
@@ -560,17 +587,25 @@ def _fact_of(question: str) -> world.Fact:
 
 @needs_engines
 def test_fact_questions_are_answered_from_the_world_table():
+    hedged = 0
     for seed in range(12):
         item = tasks.make_facts(_draw(seed))
         question = item.fields["spoken"]
         fact = _fact_of(question)
         assert item.voice_chat and item.answer == fact.answer() and item.answer not in item.wrong
+        if item.sft_answer:  # SFT teaches the hedged answer (right, rambling) and DPO rejects it
+            hedged += 1
+            assert item.wrong == (item.sft_answer,) and "not completely sure" in item.sft_answer
+            assert f" {fact.value}," in item.sft_answer
+        else:
+            assert len(item.wrong) == 2 and item.wrong[0] != fact.answer()  # a confident mistake, or rambling
         if fact.relation in ("after", "before"):
             step = 1 if fact.relation == "after" else -1
             expected = world.DAYS[(world.DAYS.index(fact.subject) + step) % 7]
             assert item.answer.lower().startswith(expected)
         elif fact.relation == "capital":
             assert item.answer.lower().endswith(world.CAPITALS[fact.subject] + ".")
+    assert 0 < hedged < 12  # both kinds (HEDGED_SHARE: half)
     rng = random.Random(0)
     train = {world.fact_question(rng, "train")[0] for _ in range(2000)}
     test = {world.fact_question(rng, "test")[0] for _ in range(200)}

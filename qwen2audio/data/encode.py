@@ -99,7 +99,8 @@ class Encoder:
 
     def chat(self, messages: Sequence[dict], supervise: str) -> tuple[list[int], list[bool]]:
         """ChatML ids of `messages` and the supervised mask: the assistant turns ("all" or the "last"), each from the
-        first token after its generation prompt to its closing eos."""
+        first token after its generation prompt to its closing eos, less the tokens inside text parts marked
+        `"loss": false` (data.rows)."""
         render = self.tokenizer.apply_chat_template
         text = render(messages)
         targets = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
@@ -107,7 +108,7 @@ class Encoder:
             targets = targets[-1:]
         if not targets:
             raise ValueError("the conversation has no assistant turn to train on")
-        pieces: list[tuple[str, bool]] = []
+        pieces: list[tuple[str, bool, list[tuple[int, int]]]] = []  # (text, is an answer, its no-loss spans)
         done = 0
         for i in targets:
             if i == 0:
@@ -116,20 +117,40 @@ class Encoder:
             if not (text.startswith(start) and text.startswith(end) and len(start) <= len(end)):
                 raise ValueError("the chat template does not render conversations as a prefix of their extensions; "
                                  "the answer spans cannot be found")
-            pieces += [(text[done:len(start)], False), (text[len(start):len(end)], True)]
+            answer = text[len(start):len(end)]
+            pieces += [(text[done:len(start)], False, []), (answer, True, no_loss_spans(messages[i], answer))]
             done = len(end)
-        pieces.append((text[done:], False))
+        pieces.append((text[done:], False, []))
         ids: list[int] = []
         supervised: list[bool] = []
-        for piece, is_answer in pieces:
-            piece_ids = self.tokenizer.encode(piece) if piece else []
+        for piece, is_answer, no_loss in pieces:
+            piece_ids, offsets = self.tokenizer.encode_with_offsets(piece) if piece else ([], [])
             ids += piece_ids
-            if is_answer and self._eos in piece_ids:  # the answer and its <|im_end|>, not the newline after it
-                n = piece_ids.index(self._eos) + 1
-                supervised += [True] * n + [False] * (len(piece_ids) - n)
-            else:
-                supervised += [is_answer] * len(piece_ids)
+            n = piece_ids.index(self._eos) + 1 if is_answer and self._eos in piece_ids else len(piece_ids)
+            # the answer and its <|im_end|>, not the newline after it; a token inside a no-loss span carries none
+            supervised += [is_answer and k < n and not any(a <= lo and hi <= b for a, b in no_loss)
+                           for k, (lo, hi) in enumerate(offsets)]
         return ids, supervised
+
+
+def no_loss_spans(message: dict, rendered: str) -> list[tuple[int, int]]:
+    """Character spans, in the rendered answer, of the message's text parts marked `"loss": false`; a turn with no
+    part left in the loss is out of it with its end token (ms-swift's per-message flag)."""
+    content = message["content"]
+    if isinstance(content, str) or all(p.get("loss", True) for p in content):
+        return []
+    if not any(p.get("loss", True) for p in content):
+        return [(0, len(rendered))]
+    text = "".join(p["text"] for p in content)
+    if not rendered.startswith(text):
+        raise ValueError("the chat template changes an assistant turn's text, so its 'loss': false parts cannot be "
+                         "found in it; use the default template or drop the per-part loss flags")
+    spans, at = [], 0
+    for part in content:
+        if not part.get("loss", True):
+            spans.append((at, at + len(part["text"])))
+        at += len(part["text"])
+    return spans
 
 
 # -- audio expansion and truncation (run where the audio is decoded) ----------------------------------------------

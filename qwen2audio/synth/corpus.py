@@ -10,6 +10,10 @@ Layout of `out/`:
                               voice-chat items: the user turn is the audio alone (the question is spoken);
                               multi-turn items: earlier (user, assistant) turns first; multi-audio: "<audio><audio>..."
   {split}/dpo.jsonl           preference rows {"messages", "audios", "chosen", "rejected"}
+  train/text.jsonl            text-only chat rows: what the LM must know for some families' answers (arithmetic's
+                              facts), absent when no chosen family needs any
+  Where a family says so, an SFT answer is written as text parts, those out of the loss marked "loss": false
+  (data.rows), with more SFT rows on the same audio (decoys), and its stage-1 row is another task (a transcript).
   eval/SOURCE.jsonl           every test item as a scorable row (eval_row): synth_TASK, or synth_TASK_LANG for the
                               ASR tasks (per spoken language) and s2tt (per target language)
   dataset_info.json           counts, hours, voices and label sets per split and task
@@ -41,7 +45,7 @@ from .speech import FLITE, VOICE_SETS, require_engine
 from .tasks import LANGUAGES, TASKS, Draw, Item
 
 SPLITS = ("train", "test")
-FORMAT_VERSION = 2  # bump when the same settings would render different items
+FORMAT_VERSION = 3  # bump when the same settings would render different items
 FLAC_SUBTYPE = "PCM_16"
 ID_DIGITS = 7
 EVAL_LANGUAGES = {"cmn": "zh"}  # the language tags (and text normalisers) of the evaluation, where they differ
@@ -220,6 +224,14 @@ def make_item(config: SynthConfig, out: Path, split: str, index: int) -> dict[st
         record["audios"] = audios
     if item.turns:
         record["turns"] = [list(turn) for turn in item.turns]
+    if item.answer_parts:
+        record["answer_parts"] = [list(part) for part in item.answer_parts]
+    if item.decoys:
+        record["decoys"] = [[list(part) for part in decoy] for decoy in item.decoys]
+    if item.pretrain:
+        record["pretrain"] = list(item.pretrain)
+    if item.sft_answer:
+        record["sft_answer"] = item.sft_answer
     atomic_write_json(record_path(out, split, index), record)
     return record
 
@@ -301,18 +313,34 @@ def conversation(record: dict[str, Any]) -> list[dict[str, str]]:
     return messages
 
 
-def manifest_rows(record: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def answer_content(parts: list[list]) -> list[dict[str, Any]]:
+    """(text, trained on) parts -> an assistant turn's text parts, those out of the loss marked "loss": false."""
+    return [{"type": "text", "text": text, **({} if trained else {"loss": False})} for text, trained in parts]
+
+
+def manifest_rows(record: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
     """The pretrain, sft and dpo rows of one record (audio paths relative to the split's folder); a multi-audio
     item has no pretrain row (a task row holds one audio)."""
     messages, audios = conversation(record), record_audios(record)
+    answers = [answer_content(record["answer_parts"]) if "answer_parts" in record
+               else record.get("sft_answer", record["answer"]),
+               *(answer_content(decoy) for decoy in record.get("decoys", ()))]
     rows = {
-        "sft": {"messages": [*messages, {"role": "assistant", "content": record["answer"]}], "audios": audios},
-        "dpo": {"messages": messages, "audios": audios, "chosen": record["answer"], "rejected": record["rejected"]},
+        "sft": [{"messages": [*messages, {"role": "assistant", "content": answer}], "audios": audios}
+                for answer in answers],
+        "dpo": [{"messages": messages, "audios": audios, "chosen": record["answer"], "rejected": record["rejected"]}],
     }
     if len(audios) == 1:
-        rows["pretrain"] = {"audio": record["audio"], "task": record["kind"], "text": record["answer"],
-                            **record["fields"], "source": f"synth_{record['task']}", "id": record["id"]}
+        task, text = record.get("pretrain") or (record["kind"], record["answer"])
+        rows["pretrain"] = [{"audio": record["audio"], "task": task, "text": text, **record["fields"],
+                             "source": f"synth_{record['task']}", "id": record["id"]}]
     return rows
+
+
+def text_rows(config: SynthConfig) -> list[dict[str, Any]]:
+    """The text-only rows the chosen families need (train/text.jsonl), seeded by the corpus' seed."""
+    rng = random.Random(f"{config.seed}:text")
+    return [row for task in config.tasks if TASKS[task].text_rows for row in TASKS[task].text_rows(rng)]
 
 
 def eval_metric(record: dict[str, Any], language: str | None) -> str:
@@ -365,8 +393,8 @@ def write_manifests(config: SynthConfig, out: Path) -> dict[str, Any]:
         voices: Counter = Counter()
         seconds = 0.0
         for record in read_records(config, out, split):
-            for kind, row in manifest_rows(record).items():
-                rows[kind].append(row)
+            for kind, kind_rows in manifest_rows(record).items():
+                rows[kind] += kind_rows
             if split == "test":
                 source, row = eval_row(record)
                 evals[source].append(row)
@@ -380,6 +408,9 @@ def write_manifests(config: SynthConfig, out: Path) -> dict[str, Any]:
                 voices[record["voice"]] += 1
         for kind in ("pretrain", "sft", "dpo"):
             atomic_write(out / split / f"{kind}.jsonl", _jsonl(rows[kind]))
+        text = text_rows(config) if split == "train" else []
+        if text:
+            atomic_write(out / split / "text.jsonl", _jsonl(text))
         info["splits"][split] = {
             "clips": config.counts()[split], "hours": round(seconds / 3600, 4), "voices": dict(sorted(voices.items())),
             "tasks": {name: {"clips": t["clips"], "hours": round(t["seconds"] / 3600, 4),

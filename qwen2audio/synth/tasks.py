@@ -39,6 +39,7 @@ OPERATIONS = {"plus": operator.add, "minus": operator.sub, "times": operator.mul
 SMALL_NUMBERS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
                  "sixteen seventeen eighteen nineteen twenty").split()
 BACKGROUND_SHARE = 0.3  # of the voice-chat questions, spoken over a noise bed
+HEDGED_SHARE = 0.5  # of the world-fact questions, answered in SFT by a right but hedged, rambling answer (DPO: rejected)
 
 
 @dataclass
@@ -69,6 +70,10 @@ class Item:
     extra_audios: tuple[np.ndarray, ...] = ()  # multi-audio items: the second (third ...) recording
     turns: tuple[tuple[str, str], ...] = ()  # multi-turn items: the (user text, answer) turns before the last one
     instruction: str | None = None  # the last user turn's text, where the family writes it (else drawn from a pool)
+    answer_parts: tuple[tuple[str, bool], ...] = ()  # the SFT answer as (text, trained on) parts (empty: all of it)
+    decoys: tuple[tuple[tuple[str, bool], ...], ...] = ()  # more SFT answers to the same audio, as parts
+    pretrain: tuple[str, str] | None = None  # the stage-1 row's (task, text), where not (kind, answer)
+    sft_answer: str | None = None  # the SFT row's answer where not `answer`: right but dispreferred (DPO rejects it)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class TaskFamily:
     languages: tuple[str, ...] | None = None  # the languages it can speak (None: no speech)
     mean_seconds: float = 2.0  # the typical clip length, to turn --hours into a clip count
     prepare: Callable[[tuple[str, ...]], None] | None = None  # checks (and loads) its data for these languages
+    text_rows: Callable[[random.Random], list[dict]] | None = None  # text the LM must know for its answers
 
 
 def _concat(*parts: np.ndarray) -> np.ndarray:
@@ -258,15 +264,67 @@ def make_caption(d: Draw) -> Item:
     return Item("caption", audio, caption, (), {"language": language}, voice.name)
 
 
-def arithmetic_question(rng: random.Random, split: str) -> tuple[str, int]:
-    """'what is seven times three' and its result; test questions never occur in train."""
+def arithmetic_question(rng: random.Random, split: str) -> tuple[int, str, int]:
+    """(7, "times", 3): 'what is seven times three'; test questions never occur in train."""
     want = "test" if split == "test" else "train"
     while True:
         a, b, name = rng.randint(0, 20), rng.randint(0, 12), rng.choice(sorted(OPERATIONS))
         a, b = (max(a, b), min(a, b)) if name == "minus" else (a, b)
-        question = f"what is {SMALL_NUMBERS[a]} {name} {SMALL_NUMBERS[b]}"
-        if sentence_split(question) == want:
-            return question, OPERATIONS[name](a, b)
+        if sentence_split(spoken_arithmetic(a, name, b)) == want:
+            return a, name, b
+
+
+def spoken_arithmetic(a: int, name: str, b: int) -> str:
+    return f"what is {SMALL_NUMBERS[a]} {name} {SMALL_NUMBERS[b]}"
+
+
+def arithmetic_answer(a: int, name: str, b: int) -> tuple[str, str]:
+    """The answer in its two parts: the question restated, then the result: ("The answer to seven times three is",
+    " 21.")."""
+    return f"The answer to {SMALL_NUMBERS[a]} {name} {SMALL_NUMBERS[b]} is", f" {OPERATIONS[name](a, b)}."
+
+
+def arithmetic_facts() -> list[tuple[int, str, int]]:
+    """Every question the arithmetic family asks (train and test: 741)."""
+    return [(a, name, b) for a in range(21) for b in range(13) for name in sorted(OPERATIONS)
+            if name != "minus" or a >= b]
+
+
+def near_miss(a: int, name: str, b: int, rng: random.Random) -> tuple[int, str, int]:
+    """Another question: one of the two numbers or the operation changed (a random one now and then)."""
+    while True:
+        x, op, y = a, name, b
+        pick = rng.random()
+        if pick < 0.3:
+            x = rng.randint(0, 20)
+        elif pick < 0.55:
+            y = rng.randint(0, 12)
+        elif pick < 0.7:
+            op = rng.choice(sorted(OPERATIONS))
+        else:
+            x, op, y = rng.randint(0, 20), rng.choice(sorted(OPERATIONS)), rng.randint(0, 12)
+        if (op != "minus" or x >= y) and (x, op, y) != (a, name, b):
+            return x, op, y
+
+
+FACT_PROMPTS = ("Tell me an arithmetic fact.", "Some sums, please.", "Give me a few arithmetic facts.",
+                "What do you know about small numbers?", "Tell me some sums.")
+FACT_PASSES = 30  # each fact's occurrences in text.jsonl (its rows are reread every epoch of the mix)
+FACTS_PER_ROW = (1, 8)  # packed: the answer of a text row lists this many facts (~3x fewer tokens per fact than one)
+
+
+def arithmetic_text_rows(rng: random.Random) -> list[dict]:
+    """The arithmetic facts as text chat rows, several to an answer: the knowledge the report's LM brings from its
+    text pre-training and this tiny one must be taught (the spoken questions' results are not learnt from audio)."""
+    facts = ["".join(arithmetic_answer(*f)) for f in arithmetic_facts()] * FACT_PASSES
+    rng.shuffle(facts)
+    rows = []
+    while facts:
+        n = rng.randint(*FACTS_PER_ROW)
+        answer, facts = " ".join(facts[:n]), facts[n:]
+        rows.append({"messages": [{"role": "user", "content": rng.choice(FACT_PROMPTS)},
+                                  {"role": "assistant", "content": answer}]})
+    return rows
 
 
 def spoken_question(d: Draw, question: str) -> tuple[np.ndarray, Voice, dict[str, Any]]:
@@ -283,21 +341,40 @@ def spoken_question(d: Draw, question: str) -> tuple[np.ndarray, Voice, dict[str
 
 
 def make_voice_chat(d: Draw) -> Item:
-    """A spoken arithmetic question, sometimes over background noise, answered in text: the voice-chat mode."""
-    question, result = arithmetic_question(d.py, d.split)
+    """A spoken arithmetic question, sometimes over background noise, answered in text (the voice-chat mode) by
+    restating the question heard, then its result. Trained so that the result comes from the restated text, never
+    from the audio: a result learnt from the audio is memorised per training question and held-out questions stay
+    unanswered (README, "Spoken arithmetic"). So the result is left out of the SFT loss; a decoy answer to the same
+    audio restates another question (no loss) and gives that one's result (loss): a result read from the audio is
+    wrong there; the facts themselves are text rows (arithmetic_text_rows); stage 1 transcribes the question."""
+    a, name, b = arithmetic_question(d.py, d.split)
+    question = spoken_arithmetic(a, name, b)
     audio, voice, fields = spoken_question(d, question)
-    off = result + d.py.choice((-2, -1, 1, 2, 10))
-    wrong = (f"The answer is {off}.", f"Let me think about this step by step. You asked {question}. Numbers can be "
-             f"added, subtracted or multiplied, and in this case the result should be {result}, if I heard you right.")
-    return Item("aqa", audio, f"The answer is {result}.", (), fields, voice.name, voice_chat=True, wrong=wrong)
+    restated, result = arithmetic_answer(a, name, b)
+    decoy_restated, decoy_result = arithmetic_answer(*near_miss(a, name, b, d.py))
+    off = OPERATIONS[name](a, b) + d.py.choice((-2, -1, 1, 2, 10))
+    wrong = (f"{restated} {off}.", f"Let me think about this step by step. You asked {question}. Numbers can be "
+             f"added, subtracted or multiplied, and in this case the result should be{result[:-1]}, if I heard you "
+             "right.")
+    return Item("aqa", audio, restated + result, (), fields, voice.name, voice_chat=True, wrong=wrong,
+                answer_parts=((restated, True), (result[:-1], False), (".", True)),
+                decoys=(((decoy_restated, False), (decoy_result, True)),), pretrain=("asr", question))
 
 
 def make_facts(d: Draw) -> Item:
-    """A spoken question about the corpus' small world (world.FACTS), answered with one short sentence."""
+    """A spoken question about the corpus' small world (world.FACTS), answered with one short sentence. Half of them
+    are answered in SFT by a right but hedged, rambling sentence, and their DPO pair prefers the short one to it: SFT
+    leaves the style open (what the model says is a coin toss per question), so DPO has outputs to move, measured on
+    the held-out pairs (the report's stage 3 aligns style and factuality; a preference SFT already settled moves
+    log-probabilities, not answers)."""
     question, fact = fact_question(d.py, d.split)
     audio, voice, fields = spoken_question(d, question)
     fields["relation"] = fact.relation
-    return Item("aqa", audio, fact.answer(), (), fields, voice.name, voice_chat=True, wrong=wrong_answers(fact, d.py))
+    mistake, rambling = wrong_answers(fact, d.py)
+    if d.py.random() < HEDGED_SHARE:
+        return Item("aqa", audio, fact.answer(), (), fields, voice.name, voice_chat=True, wrong=(rambling,),
+                    sft_answer=rambling)
+    return Item("aqa", audio, fact.answer(), (), fields, voice.name, voice_chat=True, wrong=(mistake, rambling))
 
 
 # -- conversations ----------------------------------------------------------------------------------------------------
@@ -507,7 +584,7 @@ TASKS: dict[str, TaskFamily] = {t.name: t for t in [
     TaskFamily("caption", make_caption, "captions of mixed scenes: speech, noise beds, events", (ESPEAK,), LANGUAGES,
                3.0),
     TaskFamily("voice_chat", make_voice_chat, "spoken arithmetic questions answered in text (voice-chat mode)",
-               ENGLISH_ENGINES, ("en",), 2.0),
+               ENGLISH_ENGINES, ("en",), 2.0, text_rows=arithmetic_text_rows),
     TaskFamily("style", make_style, "speaking style: whispering, fast, slow, loud, normal", (ESPEAK,), ("en",), 2.5),
     TaskFamily("s2tt", make_s2tt, "speech translation: English speech, references in zh, fr, de", ENGLISH_ENGINES,
                ("en",), 1.7),
