@@ -60,6 +60,7 @@ class _RecordingTokenizer:
         self.tokenizer = tokenizer
         self.used: set[int] = set()
         self._seen: dict[str, list[int]] = {}
+        self._seen_offsets: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
 
     def encode(self, text: str) -> list[int]:
         ids = self._seen.get(text)
@@ -69,9 +70,11 @@ class _RecordingTokenizer:
         return ids
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        ids, offsets = self.tokenizer.encode_with_offsets(text)
-        self.used.update(ids)
-        return ids, offsets
+        found = self._seen_offsets.get(text)
+        if found is None:
+            found = self._seen_offsets[text] = self.tokenizer.encode_with_offsets(text)
+            self.used.update(found[0])
+        return found
 
     def __getattr__(self, name: str):
         return getattr(self.tokenizer, name)
