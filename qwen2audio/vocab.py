@@ -59,20 +59,15 @@ class _RecordingTokenizer:
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
         self.used: set[int] = set()
-        self._seen: dict[str, list[int]] = {}
-        self._seen_offsets: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
+        self._seen: dict[str, tuple[list[int], list[tuple[int, int]]]] = {}
 
     def encode(self, text: str) -> list[int]:
-        ids = self._seen.get(text)
-        if ids is None:
-            ids = self._seen[text] = self.tokenizer.encode(text)
-            self.used.update(ids)
-        return ids
+        return self.encode_with_offsets(text)[0]
 
     def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-        found = self._seen_offsets.get(text)
+        found = self._seen.get(text)
         if found is None:
-            found = self._seen_offsets[text] = self.tokenizer.encode_with_offsets(text)
+            found = self._seen[text] = self.tokenizer.encode_with_offsets(text)
             self.used.update(found[0])
         return found
 

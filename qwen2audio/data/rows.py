@@ -143,23 +143,25 @@ def _message(message: Any, index: int, audios: list) -> dict[str, Any]:
     role = ROLES[role]
     message_loss = _loss_flag(message, f"message {index}")
     if isinstance(content, str):
-        parts = [dict(p, loss=message_loss) for p in _split_tags(content, index, audios)]
+        parts = [_out_of_loss(p, not message_loss) for p in _split_tags(content, index, audios)]
     elif isinstance(content, list):
-        parts = [dict(p, loss=message_loss and _loss_flag(part, f"message {index} part"))
+        parts = [_out_of_loss(p, not (message_loss and _loss_flag(part, f"message {index} part")))
                  for part in content for p in _part(part, index, audios)]
     else:
         raise ValueError(f"message {index} content must be a string or a list of parts, got {content!r}")
     if role != "user" and any(p["type"] == "audio" for p in parts):
         raise ValueError(f"message {index} ({role}) holds audio: only user turns may")
-    if role != "assistant" and not all(p["loss"] for p in parts):
-        raise ValueError(f"message {index} ({role}) sets 'loss': only assistant turns carry loss")
-    if all(p["loss"] for p in parts):
-        parts = [{k: v for k, v in p.items() if k != "loss"} for p in parts]
-    else:  # an assistant turn trained on some of its text only: the parts keep their flags for the encoder
-        return {"role": role, "content": [p if not p["loss"] else {"type": "text", "text": p["text"]} for p in parts]}
+    if any("loss" in p for p in parts):  # the parts keep their flags for the encoder
+        if role != "assistant":
+            raise ValueError(f"message {index} ({role}) sets 'loss': only assistant turns carry loss")
+        return {"role": role, "content": parts}
     if all(p["type"] == "text" for p in parts):
         return {"role": role, "content": "".join(p["text"] for p in parts)}
     return {"role": role, "content": parts}
+
+
+def _out_of_loss(part: dict[str, Any], out: bool) -> dict[str, Any]:
+    return dict(part, loss=False) if out else part
 
 
 def _loss_flag(entry: Any, what: str) -> bool:

@@ -38,8 +38,9 @@ SCENE_SNR_DB = (8.0, 20.0)  # speech over a noise bed in a mixed scene
 OPERATIONS = {"plus": operator.add, "minus": operator.sub, "times": operator.mul}
 SMALL_NUMBERS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
                  "sixteen seventeen eighteen nineteen twenty").split()
+ARITHMETIC_MAX = (20, 12)  # the largest first and second numbers of a spoken arithmetic question
 BACKGROUND_SHARE = 0.3  # of the voice-chat questions, spoken over a noise bed
-HEDGED_SHARE = 0.5  # of the world-fact questions, answered in SFT by a right but hedged, rambling answer (DPO: rejected)
+HEDGED_SHARE = 0.5  # of the world-fact questions, answered in SFT by a right but hedged, rambling sentence
 
 
 @dataclass
@@ -268,26 +269,33 @@ def arithmetic_question(rng: random.Random, split: str) -> tuple[int, str, int]:
     """(7, "times", 3): 'what is seven times three'; test questions never occur in train."""
     want = "test" if split == "test" else "train"
     while True:
-        a, b, name = rng.randint(0, 20), rng.randint(0, 12), rng.choice(sorted(OPERATIONS))
+        a, b = rng.randint(0, ARITHMETIC_MAX[0]), rng.randint(0, ARITHMETIC_MAX[1])
+        name = rng.choice(sorted(OPERATIONS))
         a, b = (max(a, b), min(a, b)) if name == "minus" else (a, b)
-        if sentence_split(spoken_arithmetic(a, name, b)) == want:
+        if sentence_split(f"what is {arithmetic_words(a, name, b)}") == want:
             return a, name, b
 
 
-def spoken_arithmetic(a: int, name: str, b: int) -> str:
-    return f"what is {SMALL_NUMBERS[a]} {name} {SMALL_NUMBERS[b]}"
+def arithmetic_words(a: int, name: str, b: int) -> str:
+    """'seven times three'."""
+    return f"{SMALL_NUMBERS[a]} {name} {SMALL_NUMBERS[b]}"
 
 
 def arithmetic_answer(a: int, name: str, b: int) -> tuple[str, str]:
-    """The answer in its two parts: the question restated, then the result: ("The answer to seven times three is",
-    " 21.")."""
-    return f"The answer to {SMALL_NUMBERS[a]} {name} {SMALL_NUMBERS[b]} is", f" {OPERATIONS[name](a, b)}."
+    """The answer in its two parts, the question restated and the result, without the full stop that ends it:
+    ("The answer to seven times three is", " 21")."""
+    return f"The answer to {arithmetic_words(a, name, b)} is", f" {OPERATIONS[name](a, b)}"
+
+
+def is_arithmetic_question(a: int, name: str, b: int) -> bool:
+    """Within ARITHMETIC_MAX, and no negative differences."""
+    return 0 <= a <= ARITHMETIC_MAX[0] and 0 <= b <= ARITHMETIC_MAX[1] and (name != "minus" or a >= b)
 
 
 def arithmetic_facts() -> list[tuple[int, str, int]]:
     """Every question the arithmetic family asks (train and test: 741)."""
-    return [(a, name, b) for a in range(21) for b in range(13) for name in sorted(OPERATIONS)
-            if name != "minus" or a >= b]
+    return [(a, name, b) for a in range(ARITHMETIC_MAX[0] + 1) for b in range(ARITHMETIC_MAX[1] + 1)
+            for name in sorted(OPERATIONS) if is_arithmetic_question(a, name, b)]
 
 
 def near_miss(a: int, name: str, b: int, rng: random.Random) -> tuple[int, str, int]:
@@ -296,14 +304,15 @@ def near_miss(a: int, name: str, b: int, rng: random.Random) -> tuple[int, str, 
         x, op, y = a, name, b
         pick = rng.random()
         if pick < 0.3:
-            x = rng.randint(0, 20)
+            x = rng.randint(0, ARITHMETIC_MAX[0])
         elif pick < 0.55:
-            y = rng.randint(0, 12)
+            y = rng.randint(0, ARITHMETIC_MAX[1])
         elif pick < 0.7:
             op = rng.choice(sorted(OPERATIONS))
         else:
-            x, op, y = rng.randint(0, 20), rng.choice(sorted(OPERATIONS)), rng.randint(0, 12)
-        if (op != "minus" or x >= y) and (x, op, y) != (a, name, b):
+            x, op = rng.randint(0, ARITHMETIC_MAX[0]), rng.choice(sorted(OPERATIONS))
+            y = rng.randint(0, ARITHMETIC_MAX[1])
+        if is_arithmetic_question(x, op, y) and (x, op, y) != (a, name, b):
             return x, op, y
 
 
@@ -316,7 +325,7 @@ FACTS_PER_ROW = (1, 8)  # packed: the answer of a text row lists this many facts
 def arithmetic_text_rows(rng: random.Random) -> list[dict]:
     """The arithmetic facts as text chat rows, several to an answer: the knowledge the report's LM brings from its
     text pre-training and this tiny one must be taught (the spoken questions' results are not learnt from audio)."""
-    facts = ["".join(arithmetic_answer(*f)) for f in arithmetic_facts()] * FACT_PASSES
+    facts = ["".join(arithmetic_answer(*f)) + "." for f in arithmetic_facts()] * FACT_PASSES
     rng.shuffle(facts)
     rows = []
     while facts:
@@ -348,17 +357,16 @@ def make_voice_chat(d: Draw) -> Item:
     audio restates another question (no loss) and gives that one's result (loss): a result read from the audio is
     wrong there; the facts themselves are text rows (arithmetic_text_rows); stage 1 transcribes the question."""
     a, name, b = arithmetic_question(d.py, d.split)
-    question = spoken_arithmetic(a, name, b)
+    question = f"what is {arithmetic_words(a, name, b)}"
     audio, voice, fields = spoken_question(d, question)
     restated, result = arithmetic_answer(a, name, b)
     decoy_restated, decoy_result = arithmetic_answer(*near_miss(a, name, b, d.py))
     off = OPERATIONS[name](a, b) + d.py.choice((-2, -1, 1, 2, 10))
     wrong = (f"{restated} {off}.", f"Let me think about this step by step. You asked {question}. Numbers can be "
-             f"added, subtracted or multiplied, and in this case the result should be{result[:-1]}, if I heard you "
-             "right.")
-    return Item("aqa", audio, restated + result, (), fields, voice.name, voice_chat=True, wrong=wrong,
-                answer_parts=((restated, True), (result[:-1], False), (".", True)),
-                decoys=(((decoy_restated, False), (decoy_result, True)),), pretrain=("asr", question))
+             f"added, subtracted or multiplied, and in this case the result should be{result}, if I heard you right.")
+    return Item("aqa", audio, f"{restated}{result}.", (), fields, voice.name, voice_chat=True, wrong=wrong,
+                answer_parts=((restated, True), (result, False), (".", True)),
+                decoys=(((decoy_restated, False), (decoy_result + ".", True)),), pretrain=("asr", question))
 
 
 def make_facts(d: Draw) -> Item:
@@ -371,10 +379,9 @@ def make_facts(d: Draw) -> Item:
     audio, voice, fields = spoken_question(d, question)
     fields["relation"] = fact.relation
     mistake, rambling = wrong_answers(fact, d.py)
-    if d.py.random() < HEDGED_SHARE:
-        return Item("aqa", audio, fact.answer(), (), fields, voice.name, voice_chat=True, wrong=(rambling,),
-                    sft_answer=rambling)
-    return Item("aqa", audio, fact.answer(), (), fields, voice.name, voice_chat=True, wrong=(mistake, rambling))
+    hedged = d.py.random() < HEDGED_SHARE
+    return Item("aqa", audio, fact.answer(), (), fields, voice.name, voice_chat=True,
+                wrong=(rambling,) if hedged else (mistake, rambling), sft_answer=rambling if hedged else None)
 
 
 # -- conversations ----------------------------------------------------------------------------------------------------
