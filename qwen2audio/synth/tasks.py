@@ -272,13 +272,18 @@ def arithmetic_question(rng: random.Random, split: str) -> tuple[int, str, int]:
         a, b = rng.randint(0, ARITHMETIC_MAX[0]), rng.randint(0, ARITHMETIC_MAX[1])
         name = rng.choice(sorted(OPERATIONS))
         a, b = (max(a, b), min(a, b)) if name == "minus" else (a, b)
-        if sentence_split(f"what is {arithmetic_words(a, name, b)}") == want:
+        if sentence_split(spoken_arithmetic(a, name, b)) == want:
             return a, name, b
 
 
 def arithmetic_words(a: int, name: str, b: int) -> str:
     """'seven times three'."""
     return f"{SMALL_NUMBERS[a]} {name} {SMALL_NUMBERS[b]}"
+
+
+def spoken_arithmetic(a: int, name: str, b: int) -> str:
+    """'what is seven times three': the question as spoken."""
+    return f"what is {arithmetic_words(a, name, b)}"
 
 
 def arithmetic_answer(a: int, name: str, b: int) -> tuple[str, str]:
@@ -357,7 +362,7 @@ def make_voice_chat(d: Draw) -> Item:
     audio restates another question (no loss) and gives that one's result (loss): a result read from the audio is
     wrong there; the facts themselves are text rows (arithmetic_text_rows); stage 1 transcribes the question."""
     a, name, b = arithmetic_question(d.py, d.split)
-    question = f"what is {arithmetic_words(a, name, b)}"
+    question = spoken_arithmetic(a, name, b)
     audio, voice, fields = spoken_question(d, question)
     restated, result = arithmetic_answer(a, name, b)
     decoy_restated, decoy_result = arithmetic_answer(*near_miss(a, name, b, d.py))
