@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from test_data import pitch_rows, tiny_checkpoint, write_jsonl
@@ -18,7 +19,7 @@ from qwen2audio.train import LoRALinear, apply_lora, load_config, lr_factor, mer
 from qwen2audio.train.dpo import preference_loss
 from qwen2audio.train.loop import has_cxx_compiler
 from qwen2audio.train.config import DPOConfig
-from qwen2audio.train.model import TokenLogProbs
+from qwen2audio.train.model import TokenLogProbs, auto_precision
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -263,6 +264,19 @@ def test_gradient_checkpointing_and_bf16_autocast(tiny, tmp_path):
     dtypes = {p.dtype for p in frozen_bf16.model.parameters() if not p.requires_grad}
     assert dtypes == {torch.bfloat16} and {p.dtype for p in frozen_bf16.model.parameters() if p.requires_grad} == \
         {torch.float32}
+
+
+def test_auto_precision_is_measured_then_trains_and_is_recorded_as_what_it_chose(tiny, tmp_path):
+    assert auto_precision(64, torch.device("cpu")) in ("32-true", "bf16-mixed")
+    base = overrides(tiny, tmp_path / "auto", f"data.train={tiny / 'sft.jsonl'}", "model.lm=full", "optim.lr=1e-2",
+                     "train.max_steps=3")
+    run = train(load_config(None, base + ["model.precision=auto"], stage="sft"))
+    chosen = run.config.model.precision
+    assert chosen in ("32-true", "bf16-mixed")
+    assert yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["model"]["precision"] == chosen
+    explicit = train(load_config(None, base + [f"out_dir={tmp_path / 'explicit'}", f"model.precision={chosen}"],
+                                 stage="sft"))
+    assert losses(run) == pytest.approx(losses(explicit), abs=1e-6)
 
 
 def test_encoder_projector_lm_train_separately_with_their_own_learning_rates(tiny, tmp_path):

@@ -21,7 +21,7 @@ from ..data.config import DataConfig, SourceConfig
 
 STAGES = ("pretrain", "sft", "dpo")
 PART_MODES = ("frozen", "full", "lora")
-PRECISIONS = ("32-true", "bf16-mixed", "bf16-true")
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "bf16-true")
 PARTS = ("audio_encoder", "projector", "lm")  # lm = the Qwen2 decoder (embeddings, layers, norm, head)
 
 
@@ -49,7 +49,8 @@ class ModelConfig:
     path: str | None = None  # a Hugging Face Qwen2-Audio checkpoint directory (its tokenizer comes along)
     preset: str | None = None  # or a preset name, randomly initialised (smoke runs)
     precision: str = "bf16-mixed"  # 32-true | bf16-mixed (fp32 weights, bf16 autocast) | bf16-true (frozen weights
-    #                                stored in bf16 too; trained ones stay fp32)
+    #                                stored in bf16 too; trained ones stay fp32) | auto (bf16-mixed or 32-true,
+    #                                whichever multiplies faster here at the model's width: train.model.auto_precision)
     gradient_checkpointing: bool = False  # recompute each transformer layer in the backward pass
     audio_encoder: PartConfig = field(default_factory=PartConfig)
     projector: PartConfig = field(default_factory=lambda: PartConfig("full"))

@@ -35,7 +35,8 @@ from .distributed import (Dist, all_reduce_sum, barrier, broadcast_object, init_
 from .encoder_cache import prepare_encoder_cache
 from .lora import adapters_disabled, lora_scalings, merge_lora_state_dict
 from .metrics import MetricsWriter
-from .model import TokenLogProbs, has_only_adapters_trainable, part_of, prepare, trainable_counts
+from .model import (TokenLogProbs, auto_precision, has_only_adapters_trainable, part_of, prepare,
+                    trainable_counts)
 from .stage import Stage, forward
 
 HISTORY_KEPT = 10_000  # metric lines kept in memory (all of them go to metrics.jsonl)
@@ -131,6 +132,9 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
     want_copy = config.stage == "dpo" and _reference_kind(config) == "copy"
     prepared = prepare(config.model, config.train.seed, reference_copy=want_copy)
     model = prepared.model
+    measured = config.model.precision == "auto"
+    if measured:  # resolved once, by the first process, before anything reads it
+        config.model.precision = broadcast_object(auto_precision(model.config.text.dim, d.device), d)
     writer = MetricsWriter(Path(config.out_dir), enabled=d.is_main, tensorboard=config.logging.tensorboard)
     encoder_cache = prepare_encoder_cache(config, model, d, writer.note)  # before sharding: the whole encoder runs
     module = TokenLogProbs(model)
@@ -167,7 +171,8 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
     if d.is_main:
         counts = trainable_counts(model)
         run.writer.note(f"stage {config.stage}, {d.world_size} process(es) ({d.strategy}) on {d.device}, "
-                        f"precision {config.model.precision}; trainable parameters: "
+                        f"precision {config.model.precision}{' (auto: measured here)' if measured else ''}; "
+                        "trainable parameters: "
                         + ", ".join(f"{k} {v:,}" for k, v in counts.items())
                         + (f"; resumed from {path} at step {run.step}" if path else ""))
     return run
