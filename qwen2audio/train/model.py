@@ -90,7 +90,7 @@ def part_modules(model: Qwen2Audio) -> dict[str, nn.Module]:
 AUTO_PRECISION_MARGIN = 0.8  # bf16 autocast is chosen only when it takes under this share of fp32's time
 
 
-def auto_precision(dim: int, device: torch.device, rows: int = 2048, repeats: int = 5) -> str:
+def auto_precision(dim: int, device: torch.device, rows: int = 2048, repeats: int = 5, warmup: int = 3) -> str:
     """What `precision: auto` becomes: bf16-mixed on a GPU that has bf16; on a CPU, whichever of bf16 autocast and
     fp32 runs a linear layer of the model's width (forward and backward, as a training step does) faster here.
     CPUs differ: with AMX bf16 is several times fp32; with AVX-512 BF16 alone it can be half of it (a full demo-model
@@ -104,17 +104,21 @@ def auto_precision(dim: int, device: torch.device, rows: int = 2048, repeats: in
     weight = torch.randn(4 * dim, dim, requires_grad=True)
 
     def seconds(autocast: bool) -> float:
-        best = float("inf")
-        for i in range(repeats + 1):  # the first is a warm-up
-            start = time.perf_counter()
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-                y = F.linear(x, weight)
-            y.float().square().mean().backward()
-            if i:
-                best = min(best, time.perf_counter() - start)
-        return best
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = F.linear(x, weight)
+        y.float().square().mean().backward()
+        return time.perf_counter() - start
 
-    return "bf16-mixed" if seconds(True) < AUTO_PRECISION_MARGIN * seconds(False) else "32-true"
+    # Both warmed up, then timed in turn: a fresh process' first bf16 calls are slow (kernels made per shape), and
+    # the machine's load drifts; timed one after the other, a probe on an AMX VM chose fp32 where bf16 is ~2x
+    best = {True: float("inf"), False: float("inf")}
+    for i in range(repeats + warmup):
+        for autocast in (True, False):
+            took = seconds(autocast)
+            if i >= warmup:
+                best[autocast] = min(best[autocast], took)
+    return "bf16-mixed" if best[True] < AUTO_PRECISION_MARGIN * best[False] else "32-true"
 
 
 def load_base(config: ModelConfig) -> tuple[Qwen2AudioForConditionalGeneration, Processor]:
