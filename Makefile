@@ -37,8 +37,8 @@ demo: install system-deps
 	$(PY) scripts/demo.py
 
 # Rebuild the embedded demo model from nothing but this repository (corpus, build, trim, 3 stages, eval, export to
-# qwen2audio/assets/demo-model); about 120-130 minutes in one run on 2 cores of a slow VM with the compiled decoder
-# (README), resumable (runs/demo/). See scripts/make_demo_model.py.
+# qwen2audio/assets/demo-model); about 80 minutes in one run on 2 cores of a VM with AMX (bf16), ~150 on one
+# without (README), resumable (runs/demo/). See scripts/make_demo_model.py.
 demo-model: install system-deps
 	$(PY) scripts/make_demo_model.py
 
