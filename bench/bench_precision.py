@@ -51,13 +51,16 @@ def main() -> None:
             f"out_dir={Path(tmp) / p}", f"model.precision={p}", "train.compile=false", "logging.progress=false",
             "checkpoint.every=0", f"data.train={train}", f"data.encoder_cache={Path(tmp) / 'cache'}"]))
             for p in PRECISIONS}
-        stream = batches(runs[PRECISIONS[0]])
-        measured = list(islice(stream, WARMUP_BATCHES + args.batches))
+        # each run its own stream: the same rows in the same order (one plan), with its own precision's cached
+        # encoder outputs
+        streams = {p: list(islice(batches(run), WARMUP_BATCHES + args.batches)) for p, run in runs.items()}
+        measured = streams[PRECISIONS[0]]
+        assert all(a.input_ids.equal(b.input_ids) for a, b in zip(*streams.values())), "the runs' batches differ"
         times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-        for i, batch in enumerate(measured):
+        for i in range(len(measured)):
             for p, run in runs.items():
                 start = time.perf_counter()
-                train_step(run, [batch])
+                train_step(run, [streams[p][i]])
                 if i >= WARMUP_BATCHES:
                     times[p].append(time.perf_counter() - start)
         dim = runs[PRECISIONS[0]].model.config.text.dim
