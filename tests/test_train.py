@@ -279,6 +279,23 @@ def test_auto_precision_is_measured_then_trains_and_is_recorded_as_what_it_chose
     assert losses(run) == pytest.approx(losses(explicit), abs=1e-6)
 
 
+def test_a_resumed_auto_precision_run_keeps_the_precision_it_started_with(tiny, tmp_path, monkeypatch):
+    """A measurement on resume could come out the other way (a busy machine: it did once, beside another job),
+    which would change the numerics mid-run and the encoder cache's key."""
+    import qwen2audio.train.loop as loop
+
+    base = overrides(tiny, tmp_path, f"data.train={tiny / 'sft.jsonl'}", "model.lm=full", "model.precision=auto",
+                     "checkpoint.every=2")
+    monkeypatch.setattr(loop, "auto_precision", lambda dim, device: "32-true")
+    first = train(load_config(None, base + ["train.max_steps=2"], stage="sft"))
+    assert first.config.model.precision == "32-true"
+    monkeypatch.setattr(loop, "auto_precision", lambda dim, device: "bf16-mixed")
+    resumed = train(load_config(None, base + ["train.max_steps=4"], stage="sft"), resume=True)
+    assert resumed.config.model.precision == "32-true" and resumed.step == 4
+    fresh = train(load_config(None, base + [f"out_dir={tmp_path / 'fresh'}", "train.max_steps=1"], stage="sft"))
+    assert fresh.config.model.precision == "bf16-mixed"  # a new run measures
+
+
 def test_encoder_projector_lm_train_separately_with_their_own_learning_rates(tiny, tmp_path):
     run = train(load_config(None, overrides(
         tiny, tmp_path, f"data.train={tiny / 'sft.jsonl'}", "model.audio_encoder={mode: full, lr: 1e-4}",

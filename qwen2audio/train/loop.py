@@ -29,7 +29,7 @@ from ..data import Batch, BatchLoader, Encoder, Planner, make_dataloader
 from ..files import atomic_write
 from . import dpo, pretrain, sft
 from .checkpointing import clean_partial, latest_checkpoint, load_checkpoint, load_model_weights, save_checkpoint
-from .config import TrainConfig, to_yaml
+from .config import PRECISIONS, TrainConfig, to_yaml
 from .distributed import (Dist, all_reduce_sum, barrier, broadcast_object, init_distributed, no_sync,
                           shard_layers, wrap)
 from .encoder_cache import prepare_encoder_cache
@@ -132,9 +132,16 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
     want_copy = config.stage == "dpo" and _reference_kind(config) == "copy"
     prepared = prepare(config.model, config.train.seed, reference_copy=want_copy)
     model = prepared.model
-    measured = config.model.precision == "auto"
-    if measured:  # resolved once, by the first process, before anything reads it
-        config.model.precision = broadcast_object(auto_precision(model.config.text.dim, d.device), d)
+    out = Path(config.out_dir)
+    path = latest_checkpoint(out / "checkpoints") if resume is True else Path(resume) if resume else None
+    auto = config.model.precision == "auto"
+    measured = auto
+    if auto:  # resolved once, by the first process, before anything reads it
+        # a resumed run keeps what it started with: a new measurement (on a busy machine it can come out the other
+        # way) would change the numerics mid-run and the encoder cache's key with them
+        recorded = _recorded_precision(path) if path is not None else None
+        measured = recorded is None
+        config.model.precision = recorded or broadcast_object(auto_precision(model.config.text.dim, d.device), d)
     writer = MetricsWriter(Path(config.out_dir), enabled=d.is_main, tensorboard=config.logging.tensorboard)
     encoder_cache = prepare_encoder_cache(config, model, d, writer.note)  # before sharding: the whole encoder runs
     module = TokenLogProbs(model)
@@ -156,7 +163,6 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
 
     encoder, batch_loader, planner = build_data(config, stage, prepared.processor.tokenizer, model, d,
                                                 encoder_cache)
-    out = Path(config.out_dir)
     if d.is_main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write(out / "config.yaml", to_yaml(config).encode())
@@ -165,13 +171,12 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
     if isinstance(reference, dpo.PrecomputedReference):
         precompute_reference(run, reference)  # with the starting weights: before any checkpoint is loaded
     clean_partial(out / "checkpoints", d)
-    path = latest_checkpoint(out / "checkpoints") if resume is True else Path(resume) if resume else None
     if path is not None:
         resume_from(run, path)
     if d.is_main:
         counts = trainable_counts(model)
         run.writer.note(f"stage {config.stage}, {d.world_size} process(es) ({d.strategy}) on {d.device}, "
-                        f"precision {config.model.precision}{' (auto: measured here)' if measured else ''}; "
+                        f"precision {config.model.precision}{_auto_note(auto, measured)}; "
                         "trainable parameters: "
                         + ", ".join(f"{k} {v:,}" for k, v in counts.items())
                         + (f"; resumed from {path} at step {run.step}" if path else ""))
@@ -211,6 +216,19 @@ def build_data(config: TrainConfig, stage: Stage, tokenizer, model, d: Dist, enc
     planner = Planner(dc.train, encoder, dc.batch_size, dc.bucket_batches, config.train.seed, dc.on_bad_row,
                       cycle=True, rank=d.rank, world_size=d.world_size)
     return encoder, batch_loader, planner
+
+
+def _auto_note(auto: bool, measured: bool) -> str:
+    return "" if not auto else " (auto: measured here)" if measured else " (auto: as when this run started)"
+
+
+def _recorded_precision(checkpoint: Path) -> str | None:
+    """The precision `auto` resolved to in the run that wrote `checkpoint` (None for a checkpoint without one)."""
+    trainer = Path(checkpoint) / "trainer.pt"
+    if not trainer.exists():
+        return None
+    recorded = torch.load(trainer, weights_only=True).get("config", {}).get("model", {}).get("precision")
+    return recorded if recorded in PRECISIONS and recorded != "auto" else None
 
 
 def resume_from(run: Run, path: Path) -> None:
