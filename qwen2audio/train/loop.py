@@ -134,15 +134,14 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
     model = prepared.model
     out = Path(config.out_dir)
     path = latest_checkpoint(out / "checkpoints") if resume is True else Path(resume) if resume else None
-    auto = config.model.precision == "auto"
-    measured = auto
-    if auto:  # resolved once, by the first process, before anything reads it
+    precision_note = ""
+    if config.model.precision == "auto":  # resolved once, by the first process, before anything reads it
         # a resumed run keeps what it started with: a new measurement (on a busy machine it can come out the other
         # way) would change the numerics mid-run and the encoder cache's key with them
         recorded = _recorded_precision(path) if path is not None else None
-        measured = recorded is None
         config.model.precision = recorded or broadcast_object(auto_precision(model.config.text.dim, d.device), d)
-    writer = MetricsWriter(Path(config.out_dir), enabled=d.is_main, tensorboard=config.logging.tensorboard)
+        precision_note = " (auto: as when this run started)" if recorded else " (auto: measured here)"
+    writer = MetricsWriter(out, enabled=d.is_main, tensorboard=config.logging.tensorboard)
     encoder_cache = prepare_encoder_cache(config, model, d, writer.note)  # before sharding: the whole encoder runs
     module = TokenLogProbs(model)
     module.keep_encoder_in_graph = d.world_size > 1 and ("projector" if encoder_cache else True)
@@ -176,7 +175,7 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
     if d.is_main:
         counts = trainable_counts(model)
         run.writer.note(f"stage {config.stage}, {d.world_size} process(es) ({d.strategy}) on {d.device}, "
-                        f"precision {config.model.precision}{_auto_note(auto, measured)}; "
+                        f"precision {config.model.precision}{precision_note}; "
                         "trainable parameters: "
                         + ", ".join(f"{k} {v:,}" for k, v in counts.items())
                         + (f"; resumed from {path} at step {run.step}" if path else ""))
@@ -216,10 +215,6 @@ def build_data(config: TrainConfig, stage: Stage, tokenizer, model, d: Dist, enc
     planner = Planner(dc.train, encoder, dc.batch_size, dc.bucket_batches, config.train.seed, dc.on_bad_row,
                       cycle=True, rank=d.rank, world_size=d.world_size)
     return encoder, batch_loader, planner
-
-
-def _auto_note(auto: bool, measured: bool) -> str:
-    return "" if not auto else " (auto: measured here)" if measured else " (auto: as when this run started)"
 
 
 def _recorded_precision(checkpoint: Path) -> str | None:
