@@ -14,7 +14,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from safetensors.torch import save_file
 
 from qwen2audio.checkpoint import INDEX_FILE, hub_state_dict
 from qwen2audio.files import atomic_write_json
+from qwen2audio.machine import Stopwatch
 from qwen2audio.model import Qwen2Audio, Qwen2AudioConfig
 from qwen2audio.processor import Processor
 
@@ -65,25 +65,26 @@ def write_random_checkpoint(directory: Path) -> None:
 
 
 RUN = textwrap.dedent("""
-    import json, sys, time, numpy as np, torch
+    import json, sys, numpy as np, torch
     import qwen2audio
+    from qwen2audio.audio import SAMPLE_RATE
     from qwen2audio.generate import GenerationConfig
+    from qwen2audio.machine import Stopwatch
 
     def status_mb(field):
         return int(next(l for l in open('/proc/self/status') if l.startswith(field + ':')).split()[1]) / 1024
 
     base = status_mb('VmRSS')
-    t = time.perf_counter()
+    watch = Stopwatch()
     model = qwen2audio.load(sys.argv[1], dtype='bfloat16')
-    load_s = time.perf_counter() - t
+    load_s = watch.seconds()
     after_load = status_mb('VmRSS')
-    clip = (0.1 * np.random.default_rng(0).standard_normal(160000)).astype(np.float32)
+    clip = (0.1 * np.random.default_rng(0).standard_normal(10 * SAMPLE_RATE)).astype(np.float32)
     conversation = [{'role': 'user', 'content': [{'type': 'audio', 'audio': clip},
                                                  {'type': 'text', 'text': 'What does the speaker say?'}]}]
     inputs = model.processor(text=model.processor.apply_chat_template(conversation, add_generation_prompt=True),
-                             audio=[clip], sampling_rate=16000).to(dtype=torch.bfloat16)
+                             audio=[clip], sampling_rate=SAMPLE_RATE).to(dtype=torch.bfloat16)
     model.generator.compile = False
-    t = time.perf_counter()
     out = model.generator.generate(inputs, GenerationConfig(max_new_tokens=int(sys.argv[2])))
     stats = model.generator.stats
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
@@ -99,9 +100,9 @@ def main() -> None:
     parser.add_argument("--dir", type=Path, default=Path("/tmp/q2a-7b-random"))
     parser.add_argument("--new-tokens", type=int, default=4)
     args = parser.parse_args()
-    t = time.perf_counter()
+    watch = Stopwatch()
     write_random_checkpoint(args.dir)
-    print(f"checkpoint ready in {time.perf_counter() - t:.0f} s")
+    print(f"checkpoint ready in {watch.seconds():.0f} s")
     out = subprocess.run([sys.executable, "-c", RUN, str(args.dir), str(args.new_tokens)], capture_output=True,
                          text=True)
     if out.returncode:

@@ -15,7 +15,7 @@ import torch
 from transformers import WhisperFeatureExtractor
 
 from qwen2audio.audio import SAMPLE_RATE, log_mel_spectrogram
-from timing import median_times  # bench/ is on the path when a benchmark runs
+from qwen2audio.machine import median_times
 
 
 def main() -> None:

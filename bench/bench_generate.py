@@ -1,6 +1,6 @@
 """Generation speed, side by side with transformers on the same weights, ratios and physical limits printed.
 
-Config (issue 3): a Qwen2-0.5B-sized LM (896 wide, 24 layers, 14 heads / 2 KV, FFN 4864, vocab 151936, tied) with a
+Config: a Qwen2-0.5B-sized LM (896 wide, 24 layers, 14 heads / 2 KV, FFN 4864, vocab 151936, tied) with a
 whisper-base-sized encoder (512 wide, 6 layers, 8 heads, FFN 2048, 128 mels); random weights; a 10 s clip + a short
 prompt; 64 new tokens; greedy. Both sides are timed the same way: time to first token = a generate() of one token;
 decode tokens/s = 63 / (time of 64 tokens - time of 1); each time the best of several runs.
@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 import qwen2audio
+from qwen2audio.audio import SAMPLE_RATE
 from qwen2audio.generate import GenerationConfig, Generator
+from qwen2audio.machine import Stopwatch, best_time, matmul_gflops, read_bandwidth
 from qwen2audio.model import Qwen2AudioConfig
 from qwen2audio.quant import decode_kernel_for, quantize, use_decode_kernels
 
@@ -45,40 +47,6 @@ SENTENCES = [
     "Our meeting has been moved to Thursday at three o'clock in the main conference room.",
     "Could you tell me how many kilometres it is from Paris to Berlin by train?",
 ]
-
-
-def best_time(fn, repeats: int) -> float:
-    """The fastest of `repeats` runs: other jobs on a shared machine only ever slow a run down."""
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
-def read_bandwidth(repeats: int = 7) -> dict[str, float]:
-    """Bytes/s of reading 1 GiB three ways: torch's sum, an inductor-compiled row reduction (a decode step's access
-    pattern) and BLAS's fp32 matrix-vector product; the limit is the best of them, what this machine can stream."""
-    x = torch.empty(2**28).normal_()
-    width = 896  # the LM's hidden size: rows as long as a decode step's (power-of-two widths read slower here)
-    v = torch.randn(width)
-    n = x.numel() // width * width
-    matrix = x[:n].view(-1, width)
-    rows = torch.compile(lambda m, v: (m * v).sum(-1))  # a matrix-vector product over 1 GiB
-    probes = {"sum": lambda: x.sum(), "compiled_rows": lambda: rows(matrix, v),
-              "blas_fp32_gemv": lambda: torch.mv(matrix, v)}
-    rates = {}
-    for name, probe in probes.items():
-        probe()
-        rates[name] = x.numel() * 4 / best_time(probe, repeats)
-    return rates
-
-
-def matmul_flops(dtype: torch.dtype, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    return 2 * n**3 / best_time(lambda: a @ b, repeats)
 
 
 def decode_bytes_per_token(model) -> int:
@@ -102,8 +70,8 @@ def make_clips(seconds: list[float]) -> list[np.ndarray]:
                               capture_output=True).returncode == 0:
                 wav = qwen2audio.load_audio(f.name)
         if wav is None:  # no espeak-ng: noise bursts stand in for speech
-            wav = np.random.default_rng(i).standard_normal(16000).astype(np.float32) * 0.1
-        n = int(s * 16000)
+            wav = np.random.default_rng(i).standard_normal(SAMPLE_RATE).astype(np.float32) * 0.1
+        n = int(s * SAMPLE_RATE)
         clips.append(np.resize(wav, n).astype(np.float32))  # repeat the sentence to the wanted length
     return clips
 
@@ -113,15 +81,15 @@ def build_inputs(processor, clips):
                                                    {"type": "text", "text": "What does the speaker say?"}]}]
                      for c in clips]
     prompts = [processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
-    return processor(text=prompts, audio=clips, sampling_rate=16000)
+    return processor(text=prompts, audio=clips, sampling_rate=SAMPLE_RATE)
 
 
 def time_ours(model, inputs, repeats, compile_):
     gen = Generator(model, compile=compile_)
     one, full = GenerationConfig(max_new_tokens=1), GenerationConfig(max_new_tokens=NEW_TOKENS)
-    t = time.perf_counter()
+    watch = Stopwatch()
     out = gen.generate(inputs, full)  # warm-up (and compile)
-    warmup = time.perf_counter() - t
+    warmup = watch.seconds()
     ttft = best_time(lambda: gen.generate(inputs, one), repeats)
     total = best_time(lambda: gen.generate(inputs, full), max(2, repeats // 2))
     return {"ttft_s": ttft, "decode_tok_s": (NEW_TOKENS - 1) / (total - ttft), "warmup_s": warmup}, out
@@ -249,11 +217,11 @@ def main() -> None:
     processor = qwen2audio.Processor.from_pretrained(work)
     inputs, inputs8 = build_inputs(processor, clip), build_inputs(processor, clips8)
 
-    probes = read_bandwidth()
-    bandwidth = max(probes.values())
+    reads = read_bandwidth()
+    bandwidth = max(reads.values())
     dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-    matmul = {name: matmul_flops(dtype) for name, dtype in dtypes.items()}
-    report.update(read_GBps=bandwidth / 1e9, read_probes_GBps={k: v / 1e9 for k, v in probes.items()},
+    matmul = {name: matmul_gflops(dtype) * 1e9 for name, dtype in dtypes.items()}  # FLOP/s
+    report.update(read_GBps=bandwidth / 1e9, read_probes_GBps={k: v / 1e9 for k, v in reads.items()},
                   matmul_GFLOPs={k: v / 1e9 for k, v in matmul.items()},
                   decode_kernel=decode_kernel_for(torch.empty(0)))
     flops_row = decode_flops_per_token(config)

@@ -16,12 +16,12 @@ import argparse
 import json
 import statistics
 import tempfile
-import time
 from itertools import islice
 from pathlib import Path
 
 import torch
 
+from qwen2audio.machine import Stopwatch
 from qwen2audio.train import load_config
 from qwen2audio.train.loop import batches, setup, train_step
 from qwen2audio.train.model import auto_precision
@@ -59,10 +59,10 @@ def main() -> None:
         times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
         for i in range(len(measured)):
             for p, run in runs.items():
-                start = time.perf_counter()
+                watch = Stopwatch()
                 train_step(run, [streams[p][i]])
                 if i >= WARMUP_BATCHES:
-                    times[p].append(time.perf_counter() - start)
+                    times[p].append(watch.seconds())
         dim = runs[PRECISIONS[0]].model.config.text.dim
     chosen = auto_precision(dim, torch.device("cpu"))
     lengths = [b.input_ids.shape[-1] for b in measured[WARMUP_BATCHES:]]

@@ -32,10 +32,11 @@ import soundfile
 import torch
 
 from qwen2audio import Qwen2AudioForConditionalGeneration
+from qwen2audio.audio import SAMPLE_RATE
+from qwen2audio.machine import Stopwatch
 from qwen2audio.model import Qwen2AudioConfig
 from qwen2audio.model.config import AudioEncoderConfig, TextConfig
 
-SR = 16000
 BENCH_CONFIG = Qwen2AudioConfig(
     audio=AudioEncoderConfig(n_mels=128, dim=64, n_layers=2, n_heads=4, ffn_dim=128),
     text=TextConfig(vocab_size=151936, dim=256, n_layers=4, n_heads=4, n_kv_heads=2, ffn_dim=704, norm_eps=1e-6,
@@ -58,10 +59,10 @@ def request_bodies(n: int, max_tokens: int, stream_every: int) -> list[dict]:
     bodies = []
     for i in range(n):
         seconds, freq = 1.0 + 2.0 * rng.random(), 200 + 600 * rng.random()
-        t = np.arange(int(seconds * SR)) / SR
+        t = np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
         wave = (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * rng.standard_normal(t.size)).astype(np.float32)
         buffer = io.BytesIO()
-        soundfile.write(buffer, wave, SR, format="WAV", subtype="PCM_16")
+        soundfile.write(buffer, wave, SAMPLE_RATE, format="WAV", subtype="PCM_16")
         audio = base64.b64encode(buffer.getvalue()).decode()
         body = {"model": "qwen2-audio", "max_tokens": max_tokens, "temperature": 0,
                 "messages": [{"role": "user", "content": [
@@ -88,11 +89,11 @@ def rss_mib(pid: int) -> float:
 
 async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> tuple[int, float, float | None]:
     """(completion tokens, seconds, seconds to first text or None) of one request; raises on any error."""
-    started = time.perf_counter()
+    watch = Stopwatch()
     if not body.get("stream"):
         response = await client.post(url, json=body)
         response.raise_for_status()
-        return response.json()["usage"]["completion_tokens"], time.perf_counter() - started, None
+        return response.json()["usage"]["completion_tokens"], watch.seconds(), None
     first, tokens = None, None
     async with client.stream("POST", url, json=body) as response:
         response.raise_for_status()
@@ -103,23 +104,23 @@ async def one_request(client: httpx.AsyncClient, url: str, body: dict) -> tuple[
             if "error" in event:
                 raise RuntimeError(event["error"]["message"])
             if first is None and event["choices"] and event["choices"][0]["delta"].get("content"):
-                first = time.perf_counter() - started
+                first = watch.seconds()
             if event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
     if tokens is None:
         raise RuntimeError("the stream ended without usage")
-    return tokens, time.perf_counter() - started, first
+    return tokens, watch.seconds(), first
 
 
 async def load_phase(url: str, bodies: list[dict], clients: int, seconds: float, pid: int) -> dict:
     """`clients` loops, each sending the bodies in turn (from its own offset) until `seconds` have passed."""
     results, errors, rss = [], [], []
-    stop_at = time.perf_counter() + seconds
+    watch = Stopwatch()
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
 
     async def client_loop(k: int, client: httpx.AsyncClient) -> None:
         i = k
-        while time.perf_counter() < stop_at:
+        while watch.seconds() < seconds:
             try:
                 results.append(await one_request(client, url, bodies[i % len(bodies)]))
             except Exception as e:  # every failure counts
@@ -127,14 +128,13 @@ async def load_phase(url: str, bodies: list[dict], clients: int, seconds: float,
             i += clients
 
     async def sample_memory() -> None:
-        while time.perf_counter() < stop_at:
-            rss.append((seconds - (stop_at - time.perf_counter()), rss_mib(pid)))
+        while watch.seconds() < seconds:
+            rss.append((watch.seconds(), rss_mib(pid)))
             await asyncio.sleep(1.0)
 
-    started = time.perf_counter()
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
         await asyncio.gather(sample_memory(), *(client_loop(k, client) for k in range(clients)))
-    elapsed = time.perf_counter() - started
+    elapsed = watch.seconds()
     tokens = sum(r[0] for r in results)
     latencies = sorted(r[1] for r in results)
     firsts = sorted(r[2] for r in results if r[2] is not None)

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
+from qwen2audio.machine import Stopwatch
 from qwen2audio.synth import TASKS, generate, resolve
 from qwen2audio.synth.corpus import default_workers
 
@@ -22,9 +22,9 @@ from qwen2audio.synth.corpus import default_workers
 def timed(tasks, clips: int, workers: int) -> tuple[float, float]:
     """(clips per second, hours of audio made per hour of wall time)."""
     with tempfile.TemporaryDirectory() as tmp:
-        start = time.perf_counter()
+        watch = Stopwatch()
         info = generate(resolve(tasks, None, clips=clips, seed=0), Path(tmp), workers=workers)
-        seconds = time.perf_counter() - start
+        seconds = watch.seconds()
     hours = sum(s["hours"] for s in info["splits"].values())
     return clips / seconds, hours * 3600 / seconds
 

@@ -19,10 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from qwen2audio.machine import median_times
 from qwen2audio.model import Qwen2, Qwen2AudioConfig
 from qwen2audio.model.qwen2 import causal_padding_mask
 from qwen2audio.train.loop import CPU_MATH_ATTENTION_MAX_TOKENS
-from timing import median_times  # bench/ is on the path when a benchmark runs
 
 KERNELS = {"flash": SDPBackend.FLASH_ATTENTION, "math": SDPBackend.MATH}
 ANSWER_TOKENS = 8  # supervised tokens per row in the LM step (a task row's answer is short)

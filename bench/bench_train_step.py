@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
+from qwen2audio.machine import Stopwatch
 from qwen2audio.train import load_config
 from qwen2audio.train.loop import batches, setup, train_step
 
@@ -43,19 +43,19 @@ def main() -> None:
         stream = batches(eager)
         warmup = [next(stream) for _ in range(WARMUP_BATCHES)]
         measured = [next(stream) for _ in range(args.batches)]
-        start = time.perf_counter()
+        watch = Stopwatch()
         for batch in warmup:
             train_step(compiled, [batch])
-        compile_s = time.perf_counter() - start
+        compile_s = watch.seconds()
         for batch in warmup[:2]:
             train_step(eager, [batch])
         times = {"eager": [], "compiled": []}
         for _ in range(args.rounds):
             for batch in measured:
                 for name, run in (("eager", eager), ("compiled", compiled)):
-                    start = time.perf_counter()
+                    watch = Stopwatch()
                     train_step(run, [batch])
-                    times[name].append(time.perf_counter() - start)
+                    times[name].append(watch.seconds())
     lengths = [b.input_ids.shape[-1] for b in measured]
     tokens = sum(int(b.input_ids.numel()) for b in measured) * args.rounds
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.config}: {len(measured)} batches of "

@@ -6,6 +6,8 @@
     logits = model(**inputs).logits
 """
 
+from importlib.metadata import version
+
 from .api import Qwen2AudioForConditionalGeneration, load
 from .audio import AudioError, load_audio, log_mel_spectrogram
 from .chat import ChatReply
@@ -18,7 +20,7 @@ from .streaming import TextStream
 from .tokenizer import Tokenizer
 from .transcribe import Transcription
 
-__version__ = "0.1.0"
+__version__ = version("qwen2audio")  # pyproject.toml's
 
 __all__ = [
     "AudioError", "ChatReply", "CheckpointError", "GenerationConfig", "Generator", "ModelInputs", "Processor",

@@ -1,4 +1,4 @@
-"""Audio loading and the 128-bin Whisper log-mel front end (SPEC §3), in torch.
+"""Audio loading and the 128-bin Whisper log-mel front end, in torch.
 
 `load_audio` turns a file, bytes, a data URL or an array into 16 kHz mono float32; `log_mel_spectrogram` turns a
 batch of such waveforms into the features that `WhisperFeatureExtractor(feature_size=128)` computes, plus the mask

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints: the only module that knows the names on disk (SPEC §2).
+"""Hugging Face checkpoints: the only module that knows the names on disk.
 
 Reading: `config.json` + safetensors (one file, or shards with `model.safetensors.index.json`), in the hub layout
 (`audio_tower.*`, `language_model.model.*`) or the transformers >= 5.10 layout (`model.audio_tower.*`,
@@ -33,6 +33,8 @@ GENERATION_CONFIG_NAME = "generation_config.json"
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 DEFAULT_SHARD_SIZE = 5 * 1024**3  # bytes per shard, as the hub checkpoints use
+AUDIO_TOWER = "audio_tower."  # hub prefix of the audio encoder: Whisper's encoder names follow it unchanged
+LANGUAGE_MODEL = "language_model."  # hub prefix of the LM: Qwen2ForCausalLM's names (model.*, lm_head.*) follow it
 
 # Hub name -> our name, per module ('{}' = layer index). A parameter keeps its suffix (.weight/.bias) unless the
 # entry names the full parameter. Used for loading and, inverted, for saving.
@@ -194,26 +196,41 @@ def checkpoint_files(directory: Path) -> list[Path]:
     raise CheckpointError(f"no *.safetensors weights in {directory}")
 
 
-def read_config(directory: Path) -> tuple[Qwen2AudioConfig, dict[str, Any]]:
-    """Our config and the raw config.json dict."""
+def read_config_json(directory: Path) -> dict[str, Any]:
+    """The raw config.json dict of a Hugging Face checkpoint directory, of any model type."""
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a directory; pass a Hugging Face checkpoint directory")
     path = directory / CONFIG_NAME
     if not path.exists():
         raise CheckpointError(f"{directory} has no {CONFIG_NAME}: not a Hugging Face checkpoint directory")
     try:
-        raw = json.loads(path.read_text())
-        return Qwen2AudioConfig.from_hf_dict(raw), raw
+        return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from None
+
+
+def read_config(directory: Path) -> tuple[Qwen2AudioConfig, dict[str, Any]]:
+    """Our config and the raw config.json dict."""
+    raw = read_config_json(directory)
+    try:
+        return Qwen2AudioConfig.from_hf_dict(raw), raw
     except (ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: {e}") from None
+        raise CheckpointError(f"{directory / CONFIG_NAME}: {e}") from None
 
 
 def checkpoint_dtype(raw_config: dict[str, Any]) -> torch.dtype | None:
     name = raw_config.get("dtype") or raw_config.get("torch_dtype") or \
         (raw_config.get("text_config") or {}).get("dtype") or (raw_config.get("text_config") or {}).get("torch_dtype")
     return DTYPE_NAMES.get(name) if isinstance(name, str) else None
+
+
+def resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    """A dtype given by its name in DTYPE_NAMES or as a torch.dtype; None stays None."""
+    return DTYPE_NAMES[dtype] if isinstance(dtype, str) else dtype
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(n for n, d in DTYPE_NAMES.items() if d == dtype)
 
 
 # -- loading ---------------------------------------------------------------------------------------------------
@@ -226,42 +243,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     """
     directory = Path(path)
     config, raw = read_config(directory)
-    dtype = DTYPE_NAMES[dtype] if isinstance(dtype, str) else dtype
-    files = checkpoint_files(directory)
+    dtype = resolve_dtype(dtype)
     with torch.device("meta"):
         model = model_cls(config)
     expected = {name: t.shape for name, t in model.state_dict().items()}
-
-    state: dict[str, torch.Tensor] = {}
-    unexpected: list[str] = []
-    stored_lm_head: tuple[Path, str, torch.Tensor] | None = None
-    for file in files:
-        for key, tensor in iter_safetensors(file):
-            name = hf_to_ours(key)
-            if name == "decoder.lm_head.weight" and config.text.tie_embeddings:
-                stored_lm_head = (file, key, tensor)
-                continue
-            if name is None or name not in expected:
-                unexpected.append(f"{key} (in {file.name})")
-                continue
-            if tuple(tensor.shape) != tuple(expected[name]):
-                raise CheckpointError(
-                    f"{file}: {key} has shape {list(tensor.shape)} but config.json implies {list(expected[name])}: "
-                    "the config does not match the weights")
-            state[name] = tensor
+    state, unexpected, stored_lm_head = read_state(checkpoint_files(directory), expected, config.text.tie_embeddings)
     if stored_lm_head is not None:
         state = _resolve_tied_head(model, config, state, stored_lm_head)
         expected = {name: t.shape for name, t in model.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    if missing or unexpected:
-        lines = [f"checkpoint {directory} does not match its config.json:"]
-        if missing:
-            lines.append(f"  missing ({len(missing)}): " + ", ".join(ours_to_hf(n) for n in missing[:8]) +
-                         (" ..." if len(missing) > 8 else ""))
-        if unexpected:
-            lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected[:8]) +
-                         (" ..." if len(unexpected) > 8 else ""))
-        raise CheckpointError("\n".join(lines))
+    check_complete(directory, sorted(set(expected) - set(state)), unexpected)
 
     target = dtype or checkpoint_dtype(raw)
     for name, t in state.items():
@@ -273,6 +263,43 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     model.generation_config = json.loads(generation.read_text()) if generation.exists() else \
         default_generation_config(Tokenizer.from_pretrained(directory))  # the ids of this checkpoint's tokenizer
     return model.eval()
+
+
+def read_state(files: list[Path], expected: dict[str, torch.Size], tied: bool):
+    """The checkpoint's tensors (memory-mapped) under our names, shape-checked against `expected` -> (state, the
+    unexpected keys, the stored lm_head as (file, key, tensor) when the config ties it, else None)."""
+    state: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    stored_lm_head: tuple[Path, str, torch.Tensor] | None = None
+    for file in files:
+        for key, tensor in iter_safetensors(file):
+            name = hf_to_ours(key)
+            if name == "decoder.lm_head.weight" and tied:
+                stored_lm_head = (file, key, tensor)
+                continue
+            if name is None or name not in expected:
+                unexpected.append(f"{key} (in {file.name})")
+                continue
+            if tuple(tensor.shape) != tuple(expected[name]):
+                raise CheckpointError(
+                    f"{file}: {key} has shape {list(tensor.shape)} but config.json implies {list(expected[name])}: "
+                    "the config does not match the weights")
+            state[name] = tensor
+    return state, unexpected, stored_lm_head
+
+
+def check_complete(directory: Path, missing: list[str], unexpected: list[str]) -> None:
+    """A CheckpointError listing (the first few of) the missing and unexpected tensors, if any."""
+    if not missing and not unexpected:
+        return
+    lines = [f"checkpoint {directory} does not match its config.json:"]
+    if missing:
+        lines.append(f"  missing ({len(missing)}): " + ", ".join(ours_to_hf(n) for n in missing[:8]) +
+                     (" ..." if len(missing) > 8 else ""))
+    if unexpected:
+        lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected[:8]) +
+                     (" ..." if len(unexpected) > 8 else ""))
+    raise CheckpointError("\n".join(lines))
 
 
 def _resolve_tied_head(model, config, state, stored):
@@ -334,30 +361,12 @@ def to_transformers_name(hub: str) -> str:
 LAYOUTS = {"hub": lambda name: name, "transformers": to_transformers_name}
 
 
-def save_model(model: Qwen2Audio, path: str | os.PathLike, dtype: torch.dtype | str | None = None,
-               max_shard_bytes: int = DEFAULT_SHARD_SIZE, generation_config: dict[str, Any] | None = None,
-               layout: str = "hub") -> Path:
-    """Write config.json, generation_config.json and sharded safetensors (hub layout unless told otherwise).
-
-    Tensors are converted to `dtype` one shard at a time, so saving needs at most one shard of extra memory. New
-    files are written first (each atomically), then the index and config, and only then are stale shards of an
-    earlier save in the same directory removed.
-    """
-    if getattr(model, "quantization", None):
-        raise CheckpointError(f"this model is quantised ({model.quantization}) for inference; save the full-precision "
-                              "model (load it again) instead: the Hugging Face layout has no place for our scales")
-    if layout not in LAYOUTS:
-        raise CheckpointError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
-    directory = Path(path)
-    directory.mkdir(parents=True, exist_ok=True)
-    dtype = DTYPE_NAMES[dtype] if isinstance(dtype, str) else dtype
-    saved_dtype = dtype or model.decoder.embed_tokens.weight.dtype
-    if saved_dtype not in DTYPE_NAMES.values():
-        raise CheckpointError(f"cannot save in dtype {saved_dtype}; use float32, bfloat16 or float16")
-    tensors = {LAYOUTS[layout](k): t for k, t in hub_state_dict(model).items()}
-
+def write_shards(directory: Path, tensors: dict[str, torch.Tensor], dtype: torch.dtype,
+                 max_shard_bytes: int) -> list[str]:
+    """`tensors` in `dtype` as safetensors shards of at most `max_shard_bytes` (each written atomically, converted
+    one shard at a time), and the index when there are several -> the shard file names."""
     def nbytes(t: torch.Tensor) -> int:
-        return t.numel() * (saved_dtype.itemsize if t.is_floating_point() else t.element_size())
+        return t.numel() * (dtype.itemsize if t.is_floating_point() else t.element_size())
 
     shards: list[list[str]] = [[]]
     size = 0
@@ -375,7 +384,7 @@ def save_model(model: Qwen2Audio, path: str | os.PathLike, dtype: torch.dtype | 
         def write(tmp: str) -> None:
             shard = {}
             for k in keys:
-                t = tensors[k].to(saved_dtype) if tensors[k].is_floating_point() else tensors[k]
+                t = tensors[k].to(dtype) if tensors[k].is_floating_point() else tensors[k]
                 shared = t.data_ptr() == tensors[k].data_ptr() and storages[t.untyped_storage().data_ptr()] > 1
                 shard[k] = t.clone() if shared else t.contiguous()
             save_file(shard, tmp, metadata={"format": "pt"})
@@ -389,16 +398,40 @@ def save_model(model: Qwen2Audio, path: str | os.PathLike, dtype: torch.dtype | 
         weight_map = {k: name for name, keys in zip(names, shards) for k in keys}
         total = sum(nbytes(t) for t in tensors.values())
         atomic_write_json(directory / INDEX_FILE, {"metadata": {"total_size": total}, "weight_map": weight_map})
+    return names
 
-    dtype_name = next(n for n, d in DTYPE_NAMES.items() if d == saved_dtype)
-    hf = {**getattr(model, "hf_config", {}), **model.config.to_hf_dict(), "dtype": dtype_name,
-          "torch_dtype": dtype_name}
-    hf["text_config"] = {**hf["text_config"], "dtype": dtype_name, "torch_dtype": dtype_name}
+
+def save_model(model: Qwen2Audio, path: str | os.PathLike, dtype: torch.dtype | str | None = None,
+               max_shard_bytes: int = DEFAULT_SHARD_SIZE, generation_config: dict[str, Any] | None = None,
+               layout: str = "hub") -> Path:
+    """Write config.json, generation_config.json and sharded safetensors (hub layout unless told otherwise).
+
+    Tensors are converted to `dtype` one shard at a time, so saving needs at most one shard of extra memory. New
+    files are written first (each atomically), then the index and config, and only then are stale shards of an
+    earlier save in the same directory removed.
+    """
+    if getattr(model, "quantization", None):
+        raise CheckpointError(f"this model is quantised ({model.quantization}) for inference; save the full-precision "
+                              "model (load it again) instead: the Hugging Face layout has no place for our scales")
+    if layout not in LAYOUTS:
+        raise CheckpointError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    directory = Path(path)
+    directory.mkdir(parents=True, exist_ok=True)
+    dtype = resolve_dtype(dtype)
+    saved_dtype = dtype or model.decoder.embed_tokens.weight.dtype
+    if saved_dtype not in DTYPE_NAMES.values():
+        raise CheckpointError(f"cannot save in dtype {saved_dtype}; use float32, bfloat16 or float16")
+    tensors = {LAYOUTS[layout](k): t for k, t in hub_state_dict(model).items()}
+    names = write_shards(directory, tensors, saved_dtype, max_shard_bytes)
+    saved_name = dtype_name(saved_dtype)
+    hf = {**getattr(model, "hf_config", {}), **model.config.to_hf_dict(), "dtype": saved_name,
+          "torch_dtype": saved_name}
+    hf["text_config"] = {**hf["text_config"], "dtype": saved_name, "torch_dtype": saved_name}
     atomic_write_json(directory / CONFIG_NAME, hf)
     generation_config = generation_config or getattr(model, "generation_config", None) or default_generation_config()
     atomic_write_json(directory / GENERATION_CONFIG_NAME, generation_config)
     stale = [p for p in directory.glob("model*.safetensors") if p.name not in names]
-    if len(shards) == 1:
+    if len(names) == 1:
         stale.append(directory / INDEX_FILE)
     for p in stale:  # a previous save with another shard count must not linger
         p.unlink(missing_ok=True)

@@ -1,4 +1,4 @@
-"""Autoregressive generation: prefill once, then one token per step from a static KV cache (gpt-fast layout).
+"""Autoregressive generation: prefill once, then one token per step from a static KV cache (gpt-fast's shape).
 
     config = GenerationConfig(max_new_tokens=64)
     sequences = Generator(model).generate(inputs, config)          # [B, prompt + new], like transformers
@@ -8,23 +8,32 @@
     logits = batch.prefill(row, inputs)                             # a new request joins in a free row
     logits = batch.decode({row: token, other_row: token, ...})      # every row in use advances one token
 
-The decode step has fixed shapes (cache slots, masks and positions are tensors), so it compiles once with
-`torch.compile` and replays as a CUDA graph on GPUs. Both engines share it, the sampler and the KV cache; the
-continuous batch gives each row its own cache slots ([B, 1] instead of one slot for the batch). No I/O here.
+Both engines are made of the same three pieces and one piece of state:
+
+    logits = prefill(model, inputs, caches)                         # the prompt [B, T] into slots [0, T) of the
+                                                                    # caches' rows -> next-token logits [B, V]
+    logits = decode_step(decoder, tokens, positions, slot, valid)   # one token per row -> logits [B, V]
+    tokens = sample(logits, config, seen, generator)                # penalty, temperature, top-k, top-p, draw
+    sampler = SamplerState(config, input_ids, attention_mask, vocab_size, device)
+    tokens = sampler.sample(logits); sampler.accept(tokens)         # a request's seeded generator and seen tokens
+
+`Generator` runs them over one left-padded batch in its own caches; `ContinuousBatch` prefills one request into one
+row of its caches and decodes the rows in use together, each with its own cache slots ([B, 1] instead of one slot
+for the batch). The decode step has fixed shapes (cache slots, masks and positions are tensors), so it compiles
+once with `torch.compile` and replays as a CUDA graph on GPUs. No I/O here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from .model import Qwen2Audio
-from .model.kv_cache import clear_caches, make_caches, setup_caches, using_caches
+from .model import Qwen2Audio, token_positions
+from .model.kv_cache import KVCache, clear_caches, make_caches, setup_caches, using_caches
 from .model.qwen2 import Qwen2
 from .quant import use_decode_kernels
 
@@ -76,6 +85,31 @@ class GenerationConfig:
 
 # -- the three small pieces: prefill, decode step, sampling -----------------------------------------------------------
 
+def prompt_tensors(inputs: Mapping[str, torch.Tensor], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids [B, T], attention_mask [B, T]) of a prompt on `device`; the mask is all ones when not given."""
+    input_ids = inputs["input_ids"].to(device)
+    attention_mask = inputs.get("attention_mask")
+    return input_ids, torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
+
+
+def prefill(model: Qwen2Audio, inputs: Mapping[str, torch.Tensor], caches: Sequence[KVCache]) -> torch.Tensor:
+    """A prompt (input_ids [B, T], left-padded where its attention_mask [B, T] is 0, with its audio features)
+    through the decoder into cache slots [0, T) of `caches` (one per layer; their B rows take the prompt's rows:
+    a Generator's whole cache, or one row of a continuous batch) -> logits of each row's next token [B, V] (fp32).
+
+    The audio goes in through `model.embed` (the encoder reads each clip's valid frames only), and the last layer
+    computes the last position only."""
+    input_ids, attention_mask = prompt_tensors(inputs, model.device)
+    B, T = input_ids.shape
+    x = model.embed(input_ids, inputs.get("input_features"), inputs.get("feature_attention_mask"))
+    slots = torch.arange(T, device=model.device)
+    # the prompt fills slots [0, T): its attention reads those only, and needs no mask where nothing is padded
+    mask = None if bool(attention_mask.all()) else attention_mask_for(attention_mask.bool(), slots)
+    with using_caches(model.decoder, [cache.rows(0, B, T) for cache in caches]):
+        hidden = model.decoder(x, token_positions(attention_mask), mask, cache_positions=slots, last_only=True)
+    return model.decoder.logits(hidden[:, -1]).float()
+
+
 def attention_mask_for(valid: torch.Tensor, query_slots: torch.Tensor) -> torch.Tensor:
     """valid [B, S] (which cache slots hold real tokens), query_slots [T] (every row) or [B, T] (row by row) ->
     [B, 1, T, S] bool: causal over slots, padding hidden, and every query sees its own slot (a padded query row
@@ -117,6 +151,40 @@ def sample(logits: torch.Tensor, config: GenerationConfig, seen: torch.Tensor | 
     # over a 150k vocabulary
     noise = torch.empty_like(logits).exponential_(1, generator=generator)
     return (logits.softmax(-1) / noise).argmax(-1)
+
+
+class SamplerState:
+    """What `sample` carries from one step to the next for B rows of one config: the seeded torch.Generator (when
+    sampling) and the tokens each row has seen (when penalising repetition: the prompt's tokens, padding excluded,
+    then every accepted token). Each is None where the config does not need it."""
+
+    def __init__(self, config: GenerationConfig, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                 vocab_size: int, device: torch.device):
+        self.config = config
+        self.generator = None
+        if config.do_sample:
+            self.generator = torch.Generator(device=device)
+            self.generator.manual_seed(config.seed if config.seed is not None else torch.seed())
+        self.seen = None
+        if config.repetition_penalty != 1.0:
+            input_ids = input_ids.to(device)
+            present = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device).long()
+            counts = torch.zeros(input_ids.shape[0], vocab_size, dtype=torch.long, device=device)
+            self.seen = counts.scatter_add_(1, input_ids, present) > 0
+
+    @property
+    def greedy(self) -> bool:
+        """The next token is the argmax of the raw logits (no draw, no penalty), so such rows can share one argmax."""
+        return self.generator is None and self.seen is None
+
+    def sample(self, logits: torch.Tensor) -> torch.Tensor:
+        """logits [B, V] -> next tokens [B]."""
+        return sample(logits, self.config, self.seen, self.generator)
+
+    def accept(self, tokens: torch.Tensor | Sequence[int]) -> None:
+        """Record each row's new token (tokens [B]): the repetition penalty counts it from the next step on."""
+        if self.seen is not None:
+            self.seen.scatter_(1, torch.as_tensor(tokens, device=self.seen.device).view(-1, 1), True)
 
 
 # -- the engine -------------------------------------------------------------------------------------------------------
@@ -172,65 +240,54 @@ class Generator:
         if self._streaming:
             raise RuntimeError("a generation stream of this model is still open: finish or close it first (the "
                                "KV cache is shared), or use another Generator")
-        model = self.model
-        device = model.device
-        input_ids = inputs["input_ids"].to(device)
+        device = self.model.device
+        input_ids, attention_mask = prompt_tensors(inputs, device)
         B, T = input_ids.shape
-        limit = model.config.text.max_positions
+        limit = self.model.config.text.max_positions
         if T + config.max_new_tokens > limit:
             raise ValueError(f"a prompt of {T} tokens plus max_new_tokens={config.max_new_tokens} exceeds the model's "
                              f"{limit} positions: shorten the prompt or the audio, or ask for fewer tokens")
-        attention_mask = inputs.get("attention_mask")
-        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(device)
         S = self._ensure_caches(B, T + config.max_new_tokens)
-        stats = self.stats = GenerationStats(prompt_tokens=int(attention_mask.sum()), compiled=self.compile)
+        self.stats = GenerationStats(prompt_tokens=int(attention_mask.sum()), compiled=self.compile)
 
         t0 = time.perf_counter()
-        valid = torch.zeros(B, S, dtype=torch.bool, device=device)
+        prompt = dict(inputs, input_ids=input_ids, attention_mask=attention_mask)
+        logits = prefill(self.model, prompt, [layer.attn.kv_cache for layer in self.model.decoder.layers])
+        sampler = SamplerState(config, input_ids, attention_mask, logits.shape[-1], device)
+        valid = torch.zeros(B, S, dtype=torch.bool, device=device)  # which cache slots hold real tokens
         valid[:, :T] = attention_mask.bool()
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        x = model.embed(input_ids, inputs.get("input_features"), inputs.get("feature_attention_mask"))
-        slots = torch.arange(T, device=device)
-        # the prompt fills slots [0, T): its attention reads those only, and needs no mask where nothing is padded
-        mask = None if bool(attention_mask.all()) else attention_mask_for(valid[:, :T], slots)
-        with using_caches(model.decoder, [layer.attn.kv_cache.rows(0, B, T) for layer in model.decoder.layers]):
-            hidden = model.decoder(x, positions, mask, cache_positions=slots, last_only=True)
-        logits = model.decoder.logits(hidden[:, -1]).float()
-
-        generator = None
-        if config.do_sample:
-            generator = torch.Generator(device=device)
-            generator.manual_seed(config.seed if config.seed is not None else torch.seed())
-        seen = None
-        if config.repetition_penalty != 1.0:
-            counts = torch.zeros(B, logits.shape[-1], dtype=torch.long, device=device)
-            seen = counts.scatter_add_(1, input_ids, attention_mask.long()) > 0  # prompt tokens, padding excluded
-        eos = torch.tensor(config.eos_token_id or [-1], device=device)
-        pad = config.pad_token_id if config.pad_token_id is not None else (config.eos_token_id or (0,))[0]
-        finished = torch.zeros(B, dtype=torch.bool, device=device)
-        next_position = positions[:, -1:] + 1
-        stats.prefill_s = time.perf_counter() - t0
+        next_position = token_positions(attention_mask)[:, -1:] + 1
+        self.stats.prefill_s = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         self._streaming = True
         try:
-            for step in range(config.max_new_tokens):
-                token = sample(logits, config, seen, generator)
-                token = torch.where(finished, torch.full_like(token, pad), token)
-                finished |= torch.isin(token, eos)
-                stats.new_tokens += 1
-                yield token
-                if step == config.max_new_tokens - 1 or bool(finished.all()):
-                    break
-                if seen is not None:
-                    seen.scatter_(1, token[:, None], True)
-                slot = torch.tensor([T + step], device=device)
-                valid[:, T + step] = True
-                logits = self._step(model.decoder, token[:, None], next_position, slot, valid)
-                next_position = next_position + 1
+            yield from self._decode(logits, sampler, valid, next_position, T, config)
         finally:  # also when the consumer stops early (a stop string, a closed connection)
             self._streaming = False
-            stats.decode_s = time.perf_counter() - t0
+            self.stats.decode_s = time.perf_counter() - t0
+
+    def _decode(self, logits: torch.Tensor, sampler: SamplerState, valid: torch.Tensor, next_position: torch.Tensor,
+                next_slot: int, config: GenerationConfig) -> Iterator[torch.Tensor]:
+        """The loop after prefill: sample every row's token [B], yield it, write it to cache slot `next_slot` (and
+        the following ones), until every row has ended or max_new_tokens."""
+        device = self.model.device
+        eos = torch.tensor(config.eos_token_id or [-1], device=device)
+        pad = config.pad_token_id if config.pad_token_id is not None else (config.eos_token_id or (0,))[0]
+        finished = torch.zeros(valid.shape[0], dtype=torch.bool, device=device)
+        for step in range(config.max_new_tokens):
+            token = sampler.sample(logits)
+            token = torch.where(finished, torch.full_like(token, pad), token)
+            finished |= torch.isin(token, eos)
+            self.stats.new_tokens += 1
+            yield token
+            if step == config.max_new_tokens - 1 or bool(finished.all()):
+                break
+            sampler.accept(token)
+            slot = torch.tensor([next_slot + step], device=device)
+            valid[:, next_slot + step] = True
+            logits = self._step(self.model.decoder, token[:, None], next_position, slot, valid)
+            next_position = next_position + 1
 
     def generate(self, inputs: Mapping[str, torch.Tensor], config: GenerationConfig) -> torch.Tensor:
         """The prompt followed by the new tokens [B, T + n], rows that ended early padded: transformers' output."""
@@ -279,22 +336,16 @@ class ContinuousBatch:
 
     @torch.inference_mode()
     def prefill(self, row: int, inputs: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """One unpadded prompt (input_ids [1, T], its audio features) into `row` -> logits of its next token [V]."""
-        model, device = self.model, self.model.device
-        input_ids = inputs["input_ids"].to(device)
-        T = input_ids.shape[1]
-        if input_ids.shape[0] != 1 or not 0 < T < self.max_len:
-            raise ValueError(f"prefill takes one prompt of 1..{self.max_len - 1} tokens, got {tuple(input_ids.shape)}")
+        """One unpadded prompt (input_ids [1, T], its audio features) into `row`'s slots [0, T) -> logits of its
+        next token [V]."""
+        shape = tuple(inputs["input_ids"].shape)
+        if shape[0] != 1 or not 0 < shape[1] < self.max_len:
+            raise ValueError(f"prefill takes one prompt of 1..{self.max_len - 1} tokens, got {shape}")
         if not 0 <= row < self.n_rows:
             raise ValueError(f"row {row} is not one of the batch's {self.n_rows} rows")
-        features = inputs.get("input_features")
-        x = model.embed(input_ids, None if features is None else features.to(device),
-                        inputs.get("feature_attention_mask"))
-        slots = torch.arange(T, device=device)
-        with using_caches(model.decoder, [cache.rows(row, row + 1, T) for cache in self.caches]):
-            hidden = model.decoder(x, slots[None], None, cache_positions=slots, last_only=True)  # causal, T slots
-        self.lengths[row] = T
-        return model.decoder.logits(hidden[0, -1]).float()
+        logits = prefill(self.model, inputs, [cache.rows(row, row + 1) for cache in self.caches])
+        self.lengths[row] = shape[1]
+        return logits[0]
 
     @torch.inference_mode()
     def decode(self, tokens: Mapping[int, int]) -> torch.Tensor:

@@ -92,23 +92,22 @@ class Processor:
 
     # -- inputs -------------------------------------------------------------------------------------------------------
     def __call__(self, text: str | Sequence[str], audio=None, sampling_rate: int | None = None,
-                 padding_side: str | None = None, truncate_audio: bool = True, long_audio: str | None = None,
+                 padding_side: str | None = None, long_audio: str = "truncate",
                  device: torch.device | str | None = None, **unused) -> ModelInputs:
         """text: one prompt or a batch; audio: one waveform/path/bytes or a list, one per `<|AUDIO|>` in order.
 
         sampling_rate: the rate of waveform arrays (files carry their own); they are resampled to 16 kHz.
         long_audio: what to do with audio over 30 s: "truncate" (the default, as transformers: cut to 30 s with a
         warning), "window" (keep all of it as consecutive windows of at most 30 s, see the module docstring) or
-        "error". `truncate_audio=False` is the older spelling of "error".
+        "error".
         """
         if unused.pop("return_tensors", "pt") != "pt":
             raise ValueError("Processor returns PyTorch tensors only (return_tensors='pt')")
         unused.pop("padding", None)  # always pads to the longest, as transformers' padding=True
         if unused:
             raise TypeError(f"unexpected arguments: {', '.join(unused)}")
-        mode = long_audio or ("truncate" if truncate_audio else "error")
-        if mode not in LONG_AUDIO_MODES:
-            raise ValueError(f"long_audio must be one of {', '.join(LONG_AUDIO_MODES)}, not {mode!r}")
+        if long_audio not in LONG_AUDIO_MODES:
+            raise ValueError(f"long_audio must be one of {', '.join(LONG_AUDIO_MODES)}, not {long_audio!r}")
         texts = [text] if isinstance(text, str) else list(text)
         if not texts or not all(isinstance(t, str) for t in texts):
             raise ValueError("text must be a string or a non-empty list of strings")
@@ -121,20 +120,7 @@ class Processor:
         out = ModelInputs()
         if audios:
             waves = [load_audio(a, sampling_rate) for a in audios]
-            long = [i for i, w in enumerate(waves) if len(w) > N_SAMPLES]
-            if long and mode == "error":
-                raise ValueError(f"audio {long} is longer than {CHUNK_LENGTH} s; split it into windows of at most "
-                                 f"{CHUNK_LENGTH} s (long_audio='window') or pass truncate_audio=True")
-            if long and mode == "truncate":
-                warnings.warn(f"audio {long} is longer than {CHUNK_LENGTH} s and was cut to {CHUNK_LENGTH} s, as "
-                              "transformers does; pass long_audio='window' (model.chat does) to keep all of it",
-                              stacklevel=2)
-            windows = [split_long_audio(w) if mode == "window" else [AudioWindow(0, min(len(w), N_SAMPLES))]
-                       for w in waves]
-            for i in long if mode == "window" else []:
-                logger.info("audio %d (%.1f s) is longer than %d s: given to the model as %d windows in order "
-                            "(%s)", i + 1, len(waves[i]) / SAMPLE_RATE, CHUNK_LENGTH, len(windows[i]),
-                            describe_windows(windows[i]))
+            windows = _audio_windows(waves, long_audio)
             rows = [w[win.start:win.end] for w, ws in zip(waves, windows) for win in ws]
             features, frame_mask = log_mel_spectrogram(rows, n_mels=self.n_mels, device=device)
             row_counts = iter(audio_token_count(frame_mask.sum(-1)).tolist())
@@ -248,6 +234,27 @@ def audios_in_conversation(conversation: Sequence[Mapping[str, Any]]) -> list[An
                                      "data: URL) or 'audio_url' key")
                 sources.append(source)
     return sources
+
+
+def _audio_windows(waves: Sequence[np.ndarray], long_audio: str) -> list[list[AudioWindow]]:
+    """The windows each waveform reaches the model in, by `long_audio` (Processor.__call__): one window of at most
+    30 s ("truncate", with a warning when it cuts; "error" refuses longer audio), or windows cut at pauses
+    ("window")."""
+    long = [i for i, w in enumerate(waves) if len(w) > N_SAMPLES]
+    if long and long_audio == "error":
+        raise ValueError(f"audio {long} is longer than {CHUNK_LENGTH} s; split it into windows of at most "
+                         f"{CHUNK_LENGTH} s (long_audio='window') or pass long_audio='truncate'")
+    if long and long_audio == "truncate":
+        warnings.warn(f"audio {long} is longer than {CHUNK_LENGTH} s and was cut to {CHUNK_LENGTH} s, as "
+                      "transformers does; pass long_audio='window' (model.chat does) to keep all of it",
+                      stacklevel=3)  # the caller of Processor.__call__
+    windows = [split_long_audio(w) if long_audio == "window" else [AudioWindow(0, min(len(w), N_SAMPLES))]
+               for w in waves]
+    for i in long if long_audio == "window" else []:
+        logger.info("audio %d (%.1f s) is longer than %d s: given to the model as %d windows in order "
+                    "(%s)", i + 1, len(waves[i]) / SAMPLE_RATE, CHUNK_LENGTH, len(windows[i]),
+                    describe_windows(windows[i]))
+    return windows
 
 
 def _expand_audio_tokens(text: str, counts) -> str:

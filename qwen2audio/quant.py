@@ -10,7 +10,7 @@ Decoding one token reads every weight once, so its speed is memory bandwidth ÷ 
   a prefill dequantises one layer at a time for BLAS. `"int4"`: two weights per byte, one scale per group of 32
   inputs; on CPU ATen's packed int4 kernel.
 Products of more rows (prefill, training) keep the BLAS matmul (oneDNN with AMX for bf16 on Intel CPUs).
-Which path wins was measured per CPU: bench/bench_generate.py, bench/RESULTS.md.
+Which path wins depends on the CPU: bench/bench_generate.py times them (figures in bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Int8Linear(nn.Module):
 
     kernel: the path for products of up to `gemv_max_rows` rows, "avx512" (`cpu_kernels.gemv_int8`) or "fused"
     (inductor's fused pass); None: the first that runs here. Larger products (prefill) dequantise the layer's
-    weights for one BLAS matmul (ATen's `_weight_int8pack_mm` measured 20x slower there, and no faster for a few
+    weights for one BLAS matmul (ATen's `_weight_int8pack_mm` is ~20x slower there, and no faster for a few
     rows: bench/RESULTS.md)."""
 
     decode_kernel = "gemv"

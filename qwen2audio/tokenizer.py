@@ -1,4 +1,4 @@
-"""Qwen2-Audio's text side: the Qwen2 byte-level BPE, its special tokens and the prompt formats (SPEC §4).
+"""Qwen2-Audio's text side: the Qwen2 byte-level BPE, its special tokens and the prompt formats.
 
 `Tokenizer` wraps a `tokenizers.Tokenizer` whose pipeline is the Hugging Face Qwen2 one: NFC, a regex split,
 byte-level mapping, BPE over 151643 ranks (151387 merges), then the special tokens at their checkpoint ids. It reads
@@ -26,7 +26,7 @@ from .files import atomic_write_json
 
 ASSETS_DIR = Path(__file__).parent / "assets" / "tokenizer"
 
-# -- special tokens (SPEC §4): the strings are fixed, the ids are read from the checkpoint -----------------------
+# -- special tokens: the strings are fixed, the ids are read from the checkpoint -----------------------
 ENDOFTEXT = "<|endoftext|>"  # also the pad token
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"  # the chat eos
@@ -309,7 +309,7 @@ class Tokenizer:
 
 # -- the backend ---------------------------------------------------------------------------------------------------
 def build_backend(vocab_file: Path, merges_file: Path, added_tokens: Mapping[int, AddedToken]) -> tokenizers.Tokenizer:
-    """The Qwen2 pipeline (SPEC §4) over `vocab_file`/`merges_file`, with `added_tokens` at their ids."""
+    """The Qwen2 pipeline over `vocab_file`/`merges_file`, with `added_tokens` at their ids."""
     bpe = models.BPE.from_file(
         str(vocab_file), str(merges_file), unk_token=None, byte_fallback=False, ignore_merges=False, fuse_unk=False
     )

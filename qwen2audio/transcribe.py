@@ -6,7 +6,8 @@
 
 Audio over 30 s is cut into windows of at most 30 s at pauses where there are any (`split_long_audio`: the quietest
 stretch of the last 5 s before each 30 s limit, else a hard cut at the limit); the windows are transcribed in
-batches through `model.generate` (greedy unless told otherwise) and their texts stitched, language tags removed.
+batches through `model.generate` (greedy unless told otherwise) and their texts stitched, language tags removed
+(`transcription_from_windows`: any caller that decodes the windows its own way stitches them with it).
 Prompt: a base model gets the official ASR prompt (`<|audio_bos|><|AUDIO|><|audio_eos|>Detect the language and
 recognize the speech: <|en|>`, the tag left to the model when `language` is None); an Instruct model gets a chat
 turn asking for the transcript. `style="auto"` tells them apart by the checkpoint's generation config.
@@ -18,12 +19,12 @@ import json
 import logging
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 from .audio import SAMPLE_RATE, load_audio
 from .chat import model_processor
-from .processor import describe_windows, split_long_audio
+from .processor import AudioWindow, describe_windows, split_long_audio
 from .tokenizer import base_prompt, chat_task_prompt
 
 OUTPUT_FORMATS = ("txt", "json", "srt")
@@ -90,6 +91,19 @@ def stitch(texts: list[str]) -> str:
     return out
 
 
+def transcription_from_windows(windows: Sequence[AudioWindow], raw_texts: Sequence[str], language: str | None,
+                               duration: float) -> Transcription:
+    """The windows' raw outputs, in order -> the Transcription: one Segment per window (tags removed), the texts
+    stitched, and the language as given, else the first tag the model wrote."""
+    segments, detected = [], []
+    for window, raw in zip(windows, raw_texts):
+        text, tag = clean_transcript(raw)
+        detected.append(tag)
+        segments.append(Segment(*window.seconds, text, window.at_pause))
+    found = language or next((tag for tag in detected if tag), None)
+    return Transcription(stitch([s.text for s in segments]), found, duration, segments)
+
+
 def transcribe(model, audio, language: str | None = None, sampling_rate: int | None = None, style: str = "auto",
                batch_size: int = 8, progress: Callable[[int, int], None] | None = None,
                **options) -> Transcription:
@@ -111,10 +125,18 @@ def transcribe(model, audio, language: str | None = None, sampling_rate: int | N
         name = audio if isinstance(audio, (str, os.PathLike)) and not str(audio).startswith("data:") else "audio"
         logger.info("%s (%.1f s) is longer than 30 s: transcribed as %d windows: %s", name,
                     len(wave) / SAMPLE_RATE, len(windows), describe_windows(windows))
-    processor = model_processor(model)
-    prompt = transcription_prompt(processor, style, language)
+    prompt = transcription_prompt(model_processor(model), style, language)
     options.setdefault("max_new_tokens", 256)
-    segments, detected = [], []
+    raw_texts = _window_texts(model, prompt, wave, windows, batch_size, progress, options)
+    return transcription_from_windows(windows, raw_texts, language, len(wave) / SAMPLE_RATE)
+
+
+def _window_texts(model, prompt: str, wave, windows: Sequence[AudioWindow], batch_size: int,
+                  progress: Callable[[int, int], None] | None, options: dict) -> list[str]:
+    """The model's raw output for each window (special tokens skipped, language tags kept), `batch_size` windows per
+    `model.generate` call."""
+    processor = model_processor(model)
+    texts = []
     if progress is not None:
         progress(0, len(windows))
     for first in range(0, len(windows), batch_size):
@@ -122,16 +144,11 @@ def transcribe(model, audio, language: str | None = None, sampling_rate: int | N
         inputs = processor(text=[prompt] * len(batch), audio=[wave[w.start:w.end] for w in batch],
                            sampling_rate=SAMPLE_RATE, padding_side="left")
         sequences = model.generate(**inputs, **options)
-        raw = processor.tokenizer.decode_batch(sequences[:, inputs["input_ids"].shape[1]:].tolist(),
-                                               skip_special_tokens=True)
-        for window, text in zip(batch, raw):
-            text, tag = clean_transcript(text)
-            detected.append(tag)
-            segments.append(Segment(*window.seconds, text, window.at_pause))
+        texts += processor.tokenizer.decode_batch(sequences[:, inputs["input_ids"].shape[1]:].tolist(),
+                                                  skip_special_tokens=True)
         if progress is not None:
-            progress(len(segments), len(windows))
-    found = language or next((tag for tag in detected if tag), None)
-    return Transcription(stitch([s.text for s in segments]), found, len(wave) / SAMPLE_RATE, segments)
+            progress(len(texts), len(windows))
+    return texts
 
 
 def format_transcription(result: Transcription, output_format: str) -> str:

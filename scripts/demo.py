@@ -8,12 +8,12 @@ to the model through `model.chat`, exactly as a user would, and the answer is pr
 from __future__ import annotations
 
 import json
-import time
 
 import qwen2audio
 from qwen2audio.api import DEMO_CLIPS_DIR as CLIPS
 from qwen2audio.api import default_model_path
 from qwen2audio.eval.normalize import label_key
+from qwen2audio.machine import Stopwatch
 
 
 def user_turn(audio_files: list[str], text: str | None) -> dict:
@@ -22,7 +22,7 @@ def user_turn(audio_files: list[str], text: str | None) -> dict:
 
 
 def main() -> None:
-    start = time.perf_counter()
+    watch = Stopwatch()
     path = default_model_path()
     model = qwen2audio.load(path)
     print(f"the embedded demo model: {path} ({model.num_parameters() / 1e6:.1f} M parameters)\n")
@@ -45,9 +45,10 @@ def main() -> None:
             print(f"   answer    {answer}")
             print(f"   reference {turn['reference']}{'   (exact)' if ok else ''}")
         print()
-    print(f"{right} of {turns} answers equal their reference exactly; {time.perf_counter() - start:.1f} s in all.")
+    print(f"{right} of {turns} answers equal their reference exactly; {watch.seconds():.1f} s in all.")
     print("These clips are a showcase: for each kind, the first test item the model answers right (by voices and "
-          "sentences it never heard). Its scores over the whole test split, and what it cannot do, are in the README.\n")
+          "sentences it never heard). Its scores over the whole test split, and what it cannot do, are on its model "
+          "card:\n  qwen2audio/assets/demo-model/README.md\n")
     print("Next:\n"
           "  .venv/bin/qwen2audio chat                        talk to it (type /help; /audio FILE adds a recording)\n"
           "  .venv/bin/qwen2audio run --audio FILE \"question\"  one answer\n"

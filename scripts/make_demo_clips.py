@@ -1,6 +1,6 @@
 """The clips `make demo` plays to the demo model, taken from the synthetic corpus' test split (voices, sentences
 and questions never heard in training): one example per kind below, the first in the split's order that the model
-answers exactly right — a showcase, said as such in clips.json; the scores over the whole split are in the README.
+answers exactly right — a showcase, said as such in clips.json; the scores over the whole split are in the model card.
 
     python scripts/make_demo_clips.py [--corpus runs/demo/corpus] [--model qwen2audio/assets/demo-model]
 """

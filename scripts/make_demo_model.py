@@ -28,9 +28,8 @@
 
 Every step writes into runs/demo/ and is skipped when its output exists (training steps resume from their last
 checkpoint), so an interrupted run continues where it stopped. runs/demo/timings.json records each step's time, and
-runs/demo/machine.json the machine's speed as each step began (a 2048² matmul in fp32 and bf16, and the load): this
-VM's speed drifts (a 2048² fp32 matmul at 124 to 438 GFLOP/s on different days), so a step's time means
-little without it.
+runs/demo/machine.json the machine's speed as each step began (a 2048² matmul in fp32 and bf16, and the load): a
+shared machine's speed drifts (threefold for a 2048² fp32 matmul), so a step's time means little without it.
 """
 
 from __future__ import annotations
@@ -41,10 +40,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import torch
+
 from qwen2audio.api import DEMO_MODEL_DIR as ASSET
+from qwen2audio.machine import Stopwatch, matmul_gflops
 
 ROOT = Path(__file__).resolve().parents[1]
 RUNS = ROOT / "runs" / "demo"
@@ -55,33 +56,31 @@ TEST_FRACTION = 0.04  # ~2,000 held-out items
 EVAL_LIMIT = 200  # items per source of the test split
 OPEN_DOMAIN_CLIPS = 200  # English sentences from Debian's fortunes, spoken by the test split's held-out voices
 CURVE_LIMIT = 100  # items per ASR source at each point of the learning curve (each stage-1 and focus checkpoint)
-# name[:weight]: English ASR (the hardest task for a small model) gets the largest share. (A try with more weight on
-# arithmetic, speaker sex and counting and twice the steps learnt ASR far slower: see the README.)
+# name[:weight]: English ASR (the hardest task for a small model) gets the largest share (more weight on arithmetic,
+# speaker sex and counting makes ASR learn far slower).
 CORPUS_TASKS = ("asr:8,noisy_asr:2,s2tt:3,voice_chat:2,facts:2,dialog:2,compare,lid,gender,sound,count,style,pitch,"
                 "order,loudness,caption,numbers")
-# The focus corpus, for stage 1's continuation (pretrain_focus.yaml): the families the model had learnt least after
-# stage 1 (speaker sex 63 %, counting 56 %, sound class 93 %), with English ASR kept in the mix. Its test split goes
-# unused.
+# The focus corpus, for stage 1's continuation (pretrain_focus.yaml): the families stage 1 leaves weakest (speaker
+# sex 63 %, counting 56 %, sound class 93 %), with English ASR kept in the mix. Its test split goes unused.
 FOCUS_CLIPS = 10_000
 FOCUS_SEED = 7  # not the main corpus' (0), the open-domain sentences' (1) nor the extra test corpus' (3)
 FOCUS_TASKS = "gender:3,count:3,sound:2,asr:3,noisy_asr:1"
 # Speaker-sex chat rows for SFT (sft.yaml): the family SFT loses most (93 % after the focus stage, 87 % after SFT),
-# although a linear probe on the projector's outputs reads it from held-out voices without a miss (see the README).
+# although the projector's outputs carry it (a linear classifier on them tells held-out voices apart without a miss).
 SEX_CLIPS, SEX_SEED = 3_000, 11
 # Counting chat rows for a short stage-2 continuation (sft_focus.yaml): the family learnt last (88 % after SFT)
 COUNT_CLIPS, COUNT_SEED = 1_600, 13
 # Language-ID and sound-class chat rows for the same continuation: with stage 1's arithmetic text rows at 0.6 (fewer
-# audio rows), SFT took language ID from 98.0 to 94.4 % and sound class from 96.4 to 95.3 (301 held-out items), and
-# the 500 sft-focus steps further to 93.4 / 94.0
+# audio rows), SFT lowers language ID from 98.0 to 94.4 % and sound class from 96.4 to 95.3 (301 held-out items)
 LABEL_CLIPS, LABEL_SEED, LABEL_TASKS = 2_000, 19, "lid,sound"
 # Spoken arithmetic chat rows (each with its decoy: sft.jsonl) for the focus stage and both SFT stages: at the main
-# corpus' 12.5 % of the chat rows the voice-chat answers kept reading their results from the audio (19 % exact in a
-# full run); the small run that answered 94.8 % had them as ~45 % of SFT (README, "Spoken arithmetic")
+# corpus' 12.5 % of the chat rows the voice-chat answers read their results from the audio (19 % exact); at ~45 % of
+# SFT's rows, from the restated question (94.8 %)
 ARITH_CLIPS, ARITH_SEED = 8_000, 21
-# World-fact questions for DPO (dpo.yaml): their pairs reject the hedged, rambling answer SFT gives to half of them,
-# 5 % of the main corpus' pairs, and a full run's DPO moved few outputs (hedged greedy answers 20 -> 16 of 29) where
-# the small run, with far more of them, moved nearly all (70 -> 1 of 400). Questions are split by world.fact_question,
-# not by seed: the held-out questions stay held out.
+# World-fact questions for DPO (dpo.yaml): their pairs reject the hedged, rambling answer SFT gives to half of them.
+# As the main corpus' 5 % of the pairs they move few outputs (hedged greedy answers 20 -> 16 of 29); as a larger
+# share, nearly all (70 -> 1 of 400). Questions are split by world.fact_question, not by seed: the held-out questions
+# stay held out.
 FACTS_CLIPS, FACTS_SEED = 3_000, 17
 # The extra test corpus: ~300 held-out items per family whose answer is a label (the main test split has ~68 each,
 # where one item is 1.5 points), and spoken arithmetic
@@ -91,20 +90,10 @@ RECIPES = {"pretrain": "pretrain", "focus": "pretrain_focus", "sft": "sft", "sft
 CURVE_STAGES = ("pretrain", "focus")  # whose checkpoints make the learning curve, in order
 
 
-def machine_speed(n: int = 2048, repeats: int = 3) -> dict[str, float]:
-    """GFLOP/s of an n×n matmul in fp32 and bf16 (best of `repeats`, ~1 s in all) and the 1-minute load average."""
-    import torch
-
-    speed = {}
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        a @ b
-        best = float("inf")
-        for _ in range(repeats):
-            start = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - start)
-        speed[f"{name}_GFLOPs"] = round(2 * n**3 / best / 1e9, 1)
+def machine_speed(repeats: int = 3) -> dict[str, float]:
+    """GFLOP/s of a 2048² matmul in fp32 and bf16 (best of `repeats`, ~1 s in all) and the 1-minute load average."""
+    speed = {f"{name}_GFLOPs": round(matmul_gflops(dtype, repeats=repeats), 1)
+             for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     speed["load"] = round(os.getloadavg()[0], 2)
     return speed
 
@@ -235,6 +224,8 @@ def export() -> None:
     shutil.copy(RUNS / "eval" / "open-domain" / "synth.results.md", tmp / "eval-open-domain.results.md")
     if (RUNS / "eval" / "learning_curve.json").exists():
         shutil.copy(RUNS / "eval" / "learning_curve.json", tmp / "eval-learning-curve.json")
+    if (ASSET / "README.md").exists():  # the model card is written by hand: kept (its figures need the new run's)
+        shutil.copy(ASSET / "README.md", tmp / "README.md")
     shutil.rmtree(ASSET, ignore_errors=True)
     tmp.rename(ASSET)
     size = sum(f.stat().st_size for f in ASSET.iterdir())
@@ -258,9 +249,9 @@ def main() -> None:
         speeds[name] = machine_speed()
         machine_path.write_text(json.dumps(speeds, indent=1))
         print(f"   machine: {speeds[name]}", flush=True)
-        start = time.perf_counter()
+        watch = Stopwatch()
         action()
-        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 1)
+        timings[name] = round(timings.get(name, 0.0) + watch.seconds(), 1)
         timings_path.write_text(json.dumps(timings, indent=1))
 
     for name, done, command in steps():

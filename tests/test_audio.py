@@ -11,6 +11,7 @@ import pytest
 import soundfile
 import torch
 
+from conftest import dominant_hz
 from qwen2audio import audio
 from qwen2audio.audio import (
     N_FRAMES,
@@ -49,11 +50,6 @@ def sine(seconds: float, rate: int = SAMPLE_RATE, hz: float = 440.0, amplitude: 
 def noisy_sine(seconds: float, seed: int = 0) -> np.ndarray:
     noise = 0.01 * np.random.default_rng(seed).standard_normal(round(seconds * SAMPLE_RATE))
     return (sine(seconds) + noise).astype(np.float32)
-
-
-def dominant_hz(x: np.ndarray) -> float:
-    spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
-    return float(np.argmax(spectrum)) * SAMPLE_RATE / len(x)
 
 
 def correlation(a: np.ndarray, b: np.ndarray) -> float:
@@ -166,7 +162,8 @@ def check_sine(x: np.ndarray, duration: float = DURATION, tol_s: float = 0.01):
 
 @pytest.mark.parametrize(
     "suffix, rate, subtype",
-    [("wav", 16000, "PCM_16"), ("flac", 44100, "PCM_24"), ("ogg", 48000, "VORBIS"), ("mp3", 44100, "MPEG_LAYER_III")],
+    [("wav", SAMPLE_RATE, "PCM_16"), ("flac", 44100, "PCM_24"), ("ogg", 48000, "VORBIS"),
+     ("mp3", 44100, "MPEG_LAYER_III")],
 )
 def test_soundfile_formats(tmp_path, suffix, rate, subtype):
     path = tmp_path / f"sine.{suffix}"
@@ -202,7 +199,7 @@ def test_bytes_and_data_url(tmp_path):
         np.testing.assert_array_equal(load_audio(source), x)
 
 
-@pytest.mark.parametrize("rate", [8000, 16000, 44100, 192000])
+@pytest.mark.parametrize("rate", [8000, SAMPLE_RATE, 44100, 192000])
 def test_array_resampling_keeps_the_sine(rate):
     x = load_audio(sine(DURATION, rate), sampling_rate=rate)
     check_sine(x, tol_s=0.0)
@@ -219,20 +216,22 @@ def test_array_from_torch_and_file_at_8khz(tmp_path):
 
 def test_integer_pcm_is_scaled():
     np.testing.assert_allclose(
-        load_audio(np.array([32767, -32768, 0, 16384], np.int16), sampling_rate=16000), [32767 / 32768, -1, 0, 0.5]
+        load_audio(np.array([32767, -32768, 0, 16384], np.int16), sampling_rate=SAMPLE_RATE),
+        [32767 / 32768, -1, 0, 0.5],
     )
-    np.testing.assert_allclose(load_audio(np.array([-(2**31), 2**30], np.int32), sampling_rate=16000), [-1, 0.5])
-    np.testing.assert_allclose(load_audio(np.array([0, 128, 255], np.uint8), sampling_rate=16000), [-1, 0, 127 / 128])
+    np.testing.assert_allclose(load_audio(np.array([-(2**31), 2**30], np.int32), sampling_rate=SAMPLE_RATE), [-1, 0.5])
+    np.testing.assert_allclose(load_audio(np.array([0, 128, 255], np.uint8), sampling_rate=SAMPLE_RATE),
+                               [-1, 0, 127 / 128])
 
 
 def test_stereo_and_8_channels(tmp_path):
     s = sine(DURATION)
     stereo = np.stack([s, 0.5 * s], axis=1)  # [n, 2]
-    np.testing.assert_allclose(load_audio(stereo, sampling_rate=16000), 0.75 * s, atol=1e-7)
-    np.testing.assert_allclose(load_audio(stereo.T, sampling_rate=16000), 0.75 * s, atol=1e-7)  # [2, n]
+    np.testing.assert_allclose(load_audio(stereo, sampling_rate=SAMPLE_RATE), 0.75 * s, atol=1e-7)
+    np.testing.assert_allclose(load_audio(stereo.T, sampling_rate=SAMPLE_RATE), 0.75 * s, atol=1e-7)  # [2, n]
     eight = np.zeros((len(s), 8), np.float32)
     eight[:, 0], eight[:, 5] = s, 0.5  # a sine in one channel, DC in another
-    np.testing.assert_allclose(load_audio(eight.T, sampling_rate=16000), s / 8 + 0.5 / 8, atol=1e-7)
+    np.testing.assert_allclose(load_audio(eight.T, sampling_rate=SAMPLE_RATE), s / 8 + 0.5 / 8, atol=1e-7)
     path = tmp_path / "8ch.wav"
     soundfile.write(path, eight, SAMPLE_RATE, subtype="FLOAT")
     np.testing.assert_allclose(load_audio(path), s / 8 + 0.5 / 8, atol=1e-7)
@@ -301,7 +300,7 @@ def test_zero_samples(tmp_path):
         load_audio(path)
     assert "zero.wav" in str(e.value)
     with pytest.raises(AudioError, match="0 samples"):
-        load_audio(np.zeros(0, np.float32), sampling_rate=16000)
+        load_audio(np.zeros(0, np.float32), sampling_rate=SAMPLE_RATE)
 
 
 @pytest.mark.parametrize("bad_value", [np.nan, np.inf])
@@ -309,7 +308,7 @@ def test_nan_and_inf_samples(tmp_path, bad_value):
     x = sine(0.5)
     x[100] = bad_value
     with pytest.raises(AudioError, match="NaN"):
-        load_audio(x, sampling_rate=16000)
+        load_audio(x, sampling_rate=SAMPLE_RATE)
     path = tmp_path / "nan.wav"
     soundfile.write(path, x, SAMPLE_RATE, subtype="FLOAT")
     with pytest.raises(AudioError, match="NaN"):
@@ -319,7 +318,7 @@ def test_nan_and_inf_samples(tmp_path, bad_value):
 def test_array_needs_a_positive_sampling_rate():
     with pytest.raises(AudioError, match="sampling_rate"):
         load_audio(sine(0.5))
-    for rate in (0, -16000, float("nan")):
+    for rate in (0, -SAMPLE_RATE, float("nan")):
         with pytest.raises(AudioError, match="positive"):
             load_audio(sine(0.5), sampling_rate=rate)
 
@@ -338,4 +337,4 @@ def test_array_needs_a_positive_sampling_rate():
 )
 def test_other_bad_sources(source, keyword):
     with pytest.raises(AudioError, match=keyword):
-        load_audio(source, sampling_rate=16000)
+        load_audio(source, sampling_rate=SAMPLE_RATE)

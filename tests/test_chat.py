@@ -2,7 +2,6 @@
 audio kept as windows inside one audio span."""
 
 import base64
-import io
 import logging
 import shutil
 import subprocess
@@ -10,29 +9,16 @@ import warnings
 
 import numpy as np
 import pytest
-import soundfile
 import torch
 
 import qwen2audio
-from conftest import clip_with_pauses
-from qwen2audio.audio import AudioError, log_mel_spectrogram
+from conftest import audio_bytes, clip_with_pauses, tone
+from qwen2audio.audio import SAMPLE_RATE, AudioError, log_mel_spectrogram
 from qwen2audio.chat import ChatReply, chat_inputs, generation_options, load_messages
 from qwen2audio.model import audio_token_count
 from qwen2audio.processor import split_long_audio
 
-SR = 16000
 AUDIO_ID = 151646
-
-
-def tone(seconds, freq=440.0):
-    t = np.arange(int(seconds * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def wav_bytes(wave):
-    buffer = io.BytesIO()
-    soundfile.write(buffer, wave, SR, format="WAV", subtype="FLOAT")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +28,7 @@ def model(tiny_checkpoint):
 
 def test_every_audio_part_form_gives_the_same_inputs(model, tmp_path):
     wave = tone(2.3)
-    data = wav_bytes(wave)
+    data = audio_bytes(wave, subtype="FLOAT")
     path = tmp_path / "a.wav"
     path.write_bytes(data)
     b64 = base64.b64encode(data).decode()
@@ -79,10 +65,10 @@ def test_array_at_another_rate_and_compressed_formats(model, tmp_path):
     assert len(audios[0]) == len(wave)
     if shutil.which("ffmpeg"):
         mp3 = subprocess.run(["ffmpeg", "-loglevel", "error", "-f", "wav", "-i", "-", "-f", "mp3", "-"],
-                             input=wav_bytes(wave), capture_output=True, check=True).stdout
+                             input=audio_bytes(wave, subtype="FLOAT"), capture_output=True, check=True).stdout
         part = {"type": "input_audio", "input_audio": {"data": base64.b64encode(mp3).decode(), "format": "mp3"}}
         _, audios = load_messages([{"role": "user", "content": [part]}])
-        assert abs(len(audios[0]) - len(wave)) < 0.1 * SR  # mp3 pads a little
+        assert abs(len(audios[0]) - len(wave)) < 0.1 * SAMPLE_RATE  # mp3 pads a little
 
 
 def test_multi_turn_with_two_audios_renders_the_official_template(model):

@@ -1,6 +1,9 @@
 """The `qwen2audio` command line: info and convert."""
 
 import json
+import os
+import subprocess
+import sys
 
 import torch
 from safetensors.torch import load_file
@@ -46,3 +49,12 @@ def test_errors_are_one_line_not_tracebacks(tmp_path, capsys):
     tmp_path.joinpath("config.json").write_text("{not json")
     assert main(["convert", str(tmp_path), "--check"]) == 1
     assert "invalid JSON" in capsys.readouterr().err
+
+
+def test_output_cut_short_by_a_pipe_ends_quietly():
+    """`qwen2audio info | head -1`: the reader leaves after one line; no BrokenPipeError traceback, exit status 0."""
+    done = subprocess.run(f"set -o pipefail; {sys.executable} -m qwen2audio info qwen2-audio-7b | head -1",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert done.stdout.startswith("preset")
+    assert "Traceback" not in done.stderr and done.returncode == 0, done.stderr

@@ -7,15 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import soundfile
 
 import qwen2audio
-from conftest import clip_with_pauses
+from conftest import clip_with_pauses, write_speech, write_tone
+from qwen2audio.audio import SAMPLE_RATE
 from qwen2audio.cli import main
 
-SR = 16000
 COMMON = ["--max-new-tokens", "5", "--no-compile"]
 
 
@@ -24,9 +23,9 @@ def speech(tmp_path_factory):
     """A spoken sentence (espeak-ng), or a tone where espeak-ng is missing."""
     path = tmp_path_factory.mktemp("audio") / "speech.wav"
     if shutil.which("espeak-ng"):
-        subprocess.run(["espeak-ng", "-w", str(path), "Hello, what is the weather like today?"], check=True)
+        write_speech(path, "Hello, what is the weather like today?")
     else:
-        soundfile.write(path, 0.3 * np.sin(2 * np.pi * 440 * np.arange(2 * SR) / SR), SR)
+        write_tone(path, 2.0)
     return path
 
 
@@ -49,7 +48,7 @@ def test_run_errors_are_one_line(tiny_checkpoint, tmp_path, capsys):
 
 def test_transcribe_writes_txt_json_srt(tiny_checkpoint, speech, tmp_path, capsys):
     long_clip = tmp_path / "long.wav"
-    soundfile.write(long_clip, clip_with_pauses(35.0)[0], SR)
+    soundfile.write(long_clip, clip_with_pauses(35.0)[0], SAMPLE_RATE)
     for fmt in ("txt", "json", "srt"):
         assert main(["transcribe", "--model", str(tiny_checkpoint), str(speech), str(long_clip),
                      "--output-format", fmt, "--output-dir", str(tmp_path / "out"), "--language", "en",

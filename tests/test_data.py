@@ -1,104 +1,28 @@
 """Training data: manifest rows of every form -> supervised tokens, bad rows, mixing, bucketing, truncation.
 
 Also holds the helpers the training tests share: a hand-made 262-token byte-level tokenizer (the six Qwen2-Audio
-special tokens renumbered to 256..261, so nothing may hard-code their ids), a tiny checkpoint using it, and tones.
+special tokens renumbered to 256..261, so nothing may hard-code their ids) and a tiny checkpoint using it.
 """
 
 import base64
 import re
-import io
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile
 import torch
-from tokenizers import AddedToken, pre_tokenizers
 
-from qwen2audio import Processor, Qwen2AudioForConditionalGeneration
+from conftest import audio_bytes, tone, write_jsonl, write_tone, write_trainable_checkpoint
+from qwen2audio import Qwen2AudioForConditionalGeneration
 from qwen2audio.data import (BatchLoader, DataConfig, Encoder, ManifestReader, Mixture, Planner, RowError,
                              SourceConfig, make_dataloader, parse_row)
 from qwen2audio.data.prompts import INSTRUCTIONS
-from qwen2audio.model import IGNORE_INDEX, AudioEncoderConfig, Qwen2AudioConfig, TextConfig, audio_token_count
-from qwen2audio.tokenizer import SPECIAL_TOKENS, Tokenizer, build_backend
+from qwen2audio.model import IGNORE_INDEX, audio_token_count
+from qwen2audio.tokenizer import Tokenizer
 
-SR = 16000
-WORDS = ["low", "mid", "high", "top"]
-FREQS = [200, 400, 800, 1600]
 
 
 # -- shared helpers -------------------------------------------------------------------------------------------
-def tiny_tokenizer(directory: Path) -> Tokenizer:
-    directory.mkdir(parents=True, exist_ok=True)
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    (directory / "vocab.json").write_text(json.dumps({c: i for i, c in enumerate(alphabet)}))
-    (directory / "merges.txt").write_text("#version: 0.2\n")
-    added = {len(alphabet) + i: AddedToken(t, special=True, normalized=False) for i, t in enumerate(SPECIAL_TOKENS)}
-    Tokenizer(build_backend(directory / "vocab.json", directory / "merges.txt", added)).save_pretrained(directory)
-    return Tokenizer.from_pretrained(directory)
-
-
-def tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
-    """A 2-layer Qwen2-Audio with a 272-row vocabulary, saved in the hub layout with its tokenizer."""
-    tok = tiny_tokenizer(directory / "tokenizer")
-    config = Qwen2AudioConfig(
-        audio=AudioEncoderConfig(n_mels=128, dim=32, n_layers=1, n_heads=2, ffn_dim=64),
-        text=TextConfig(vocab_size=272, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64, norm_eps=1e-6,
-                        rope_theta=10000.0, max_positions=2048, tie_embeddings=False),
-        audio_token_id=tok.audio_token_id)
-    torch.manual_seed(seed)
-    model = Qwen2AudioForConditionalGeneration(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.normal_(0, 0.02)
-        # embeddings and head at a trained model's scale, so that adapters inside the layers can move the logits
-        model.decoder.embed_tokens.weight.normal_(0, 0.3)
-        model.decoder.lm_head.weight.normal_(0, 0.3)
-        for name, p in model.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.fill_(1.0)
-    model.processor = Processor(tok)
-    model.save_pretrained(directory)
-    return directory
-
-
-def tone(seconds: float, freq: float, seed: int = 0) -> np.ndarray:
-    t = np.arange(int(seconds * SR)) / SR
-    noise = np.random.default_rng(seed).standard_normal(t.size)
-    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.01 * noise).astype(np.float32)
-
-
-def write_tone(path: Path, seconds: float, freq: float, seed: int = 0) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    soundfile.write(path, tone(seconds, freq, seed), SR)
-    return path
-
-
-def write_jsonl(path: Path, rows) -> Path:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return path
-
-
-def pitch_rows(directory: Path, n: int = 16, kind: str = "sft") -> list[dict]:
-    """Rows about tones of four pitches (audio under directory/audio, paths relative to the manifest)."""
-    rows = []
-    for i in range(n):
-        k = i % 4
-        write_tone(directory / "audio" / f"{i}.wav", 0.5 + 0.1 * (i % 5), FREQS[k], seed=i)
-        audio = f"audio/{i}.wav"
-        if kind == "task":
-            rows.append({"audio": audio, "task": "sound", "text": f"A {WORDS[k]} tone."})
-        elif kind == "dpo":
-            rows.append({"messages": [{"role": "user", "content": "<audio>What pitch is this?"},
-                                      {"role": "assistant", "content": f"It is {WORDS[k]}."}],
-                         "rejected_response": "I cannot tell.", "audios": [audio]})
-        else:
-            rows.append({"messages": [{"role": "user", "content": "<audio>What pitch is this?"},
-                                      {"role": "assistant", "content": f"It is {WORDS[k]}."}], "audios": [audio]})
-    return rows
-
-
 def supervised_spans(tokenizer: Tokenizer, labels: torch.Tensor) -> list[str]:
     """The decoded runs of supervised label tokens of one row."""
     spans, current = [], []
@@ -124,14 +48,12 @@ def qwen_tokenizer():
 
 # -- labels -----------------------------------------------------------------------------------------------------
 def _wav_b64(seconds, freq):
-    buf = io.BytesIO()
-    soundfile.write(buf, tone(seconds, freq), SR, format="WAV")
-    return base64.b64encode(buf.getvalue()).decode()
+    return base64.b64encode(audio_bytes(tone(seconds, freq, noise=0.01))).decode()
 
 
 def chat_manifest(tmp_path: Path) -> Path:
     for i, (s, f) in enumerate([(0.6, 300), (1.3, 700), (0.9, 500), (2.1, 900)]):
-        write_tone(tmp_path / "clips" / f"{i}.wav", s, f, seed=i)
+        write_tone(tmp_path / "clips" / f"{i}.wav", s, f, noise=0.01, seed=i)
     rows = [
         # audio analysis, multi-turn, two audios (the second in a later user turn), a system prompt
         {"messages": [{"role": "system", "content": "You are terse."},
@@ -183,7 +105,7 @@ def test_supervised_tokens_decode_to_exactly_the_assistant_answers(tmp_path, qwe
 def test_loss_false_leaves_parts_and_turns_out_of_the_loss(tmp_path, qwen_tokenizer):
     # ms-swift's per-message "loss": false, and the same flag on a text part of an assistant turn: a voice-chat answer
     # trained on its restatement and its end, not on the result between them
-    write_tone(tmp_path / "a.wav", 0.5, 300)
+    write_tone(tmp_path / "a.wav", 0.5, 300, noise=0.01)
     rows = [{"messages": [{"role": "user", "content": "<audio>"}, {"role": "assistant", "content": [
                 {"type": "text", "text": "The answer to twelve plus two is"},
                 {"type": "text", "text": " 14", "loss": False}, {"type": "text", "text": "."}]}], "audios": ["a.wav"]},
@@ -210,9 +132,9 @@ def test_loss_false_leaves_parts_and_turns_out_of_the_loss(tmp_path, qwen_tokeni
 
 
 def test_left_and_right_padding_give_the_same_loss(tmp_path):
-    from qwen2audio.train.model import TokenLogProbs
+    from qwen2audio.logprobs import TokenLogProbs
 
-    ckpt = tiny_checkpoint(tmp_path / "ckpt")
+    ckpt = write_trainable_checkpoint(tmp_path / "ckpt")
     model = Qwen2AudioForConditionalGeneration.from_pretrained(ckpt)
     manifest = chat_manifest(tmp_path)
     logps = []
@@ -227,7 +149,7 @@ def test_left_and_right_padding_give_the_same_loss(tmp_path):
 
 
 def test_task_rows_draw_a_seeded_instruction_and_supervise_only_the_answer(tmp_path, qwen_tokenizer):
-    write_tone(tmp_path / "a.wav", 0.5, 300)
+    write_tone(tmp_path / "a.wav", 0.5, 300, noise=0.01)
     rows = [{"audio": "a.wav", "task": "asr", "text": "hello world", "language": "en"},
             {"audio": "a.wav", "task": "speech_translation", "text": "bonjour", "language": "en",
              "target_language": "fr"},
@@ -264,7 +186,7 @@ def test_task_rows_draw_a_seeded_instruction_and_supervise_only_the_answer(tmp_p
 
 # -- bad rows ---------------------------------------------------------------------------------------------------
 def test_bad_rows_raise_naming_file_and_line_or_are_skipped_and_counted(tmp_path, qwen_tokenizer):
-    write_tone(tmp_path / "a.wav", 0.5, 300)
+    write_tone(tmp_path / "a.wav", 0.5, 300, noise=0.01)
     good = {"messages": [{"role": "user", "content": "<audio>Hi"}, {"role": "assistant", "content": "Yo."}],
             "audios": ["a.wav"]}
     bad_rows = [
@@ -357,7 +279,7 @@ def test_planner_buckets_by_length_and_resumes_at_any_micro_batch(tmp_path, qwen
 
 # -- lengths ------------------------------------------------------------------------------------------------------
 def test_truncation_never_cuts_inside_an_audio_span(tmp_path, qwen_tokenizer):
-    write_tone(tmp_path / "a.wav", 1.0, 300)  # 25 audio tokens
+    write_tone(tmp_path / "a.wav", 1.0, 300, noise=0.01)  # 25 audio tokens
     row = {"messages": [{"role": "user", "content": "Listen: <audio> and then <audio>"},
                         {"role": "assistant", "content": "Two tones, the same."}], "audios": ["a.wav", "a.wav"]}
     manifest = write_jsonl(tmp_path / "m.jsonl", [row])
@@ -382,7 +304,7 @@ def test_truncation_never_cuts_inside_an_audio_span(tmp_path, qwen_tokenizer):
 
 
 def test_long_audio_is_dropped_or_cut_and_counted(tmp_path, qwen_tokenizer):
-    write_tone(tmp_path / "long.wav", 31.0, 300)
+    write_tone(tmp_path / "long.wav", 31.0, 300, noise=0.01)
     row = {"messages": [{"role": "user", "content": "<audio>"}, {"role": "assistant", "content": "ok"}],
            "audios": ["long.wav"]}
     manifest = write_jsonl(tmp_path / "m.jsonl", [row])

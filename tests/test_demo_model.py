@@ -7,16 +7,16 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 import qwen2audio
+from qwen2audio.audio import SAMPLE_RATE
 from qwen2audio.api import DEMO_CLIPS_DIR, DEMO_MODEL_DIR, default_model_path
 
 CLIPS = DEMO_CLIPS_DIR
-MAX_BYTES = 50 * 10**6  # the budget for the committed model
+MAX_BYTES = 50 * 10**6  # the size budget for the committed model
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +61,8 @@ def test_transformers_loads_it_and_greedy_output_is_ours(demo, examples):
     hf_processor = AutoProcessor.from_pretrained(DEMO_MODEL_DIR)
     ours = qwen2audio.load(DEMO_MODEL_DIR, dtype="float32")
     for prompt, audio in zip(prompts, audios):
-        theirs = hf_processor(text=prompt, audio=[audio], sampling_rate=16000, return_tensors="pt")
-        inputs = ours.processor(text=prompt, audio=[audio], sampling_rate=16000)
+        theirs = hf_processor(text=prompt, audio=[audio], sampling_rate=SAMPLE_RATE, return_tensors="pt")
+        inputs = ours.processor(text=prompt, audio=[audio], sampling_rate=SAMPLE_RATE)
         assert torch.equal(theirs["input_ids"], inputs["input_ids"])
         with torch.no_grad():
             reference = hf.eval().generate(**theirs, max_new_tokens=24, do_sample=False)

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from qwen2audio.eval.airbench import JUDGE_PROMPT, parse_choice, parse_judge
+from qwen2audio.audio import SAMPLE_RATE
+from qwen2audio.eval.airbench import JUDGE_PROMPT, parse_judge
+from qwen2audio.eval.metrics import parse_choice
 from qwen2audio.eval.runner import ApiPredictor, evaluate
 
 # question -> (judge reply with the reference first, with the model first), each a list of replies in turn
@@ -82,7 +84,7 @@ def server():
 
 def write_clip(path: Path):
     path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, 0.1 * np.sin(np.arange(4000) / 5.0), 16000)
+    sf.write(path, 0.1 * np.sin(np.arange(4000) / 5.0), SAMPLE_RATE)
 
 
 @pytest.fixture

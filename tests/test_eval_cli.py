@@ -7,13 +7,15 @@ import json
 import numpy as np
 import soundfile as sf
 
+from qwen2audio.audio import SAMPLE_RATE
 from qwen2audio.cli import main
 
 
 def vocalsound(root):
     for n, label in enumerate(["cough", "sigh", "sniff"]):
         (root / "audio_16k").mkdir(parents=True, exist_ok=True)
-        sf.write(root / "audio_16k" / f"f{n}_0_{label}.wav", 0.2 * np.sin(np.arange(3200 + 800 * n) / 3.0), 16000)
+        wave = 0.2 * np.sin(np.arange(3200 + 800 * n) / 3.0)
+        sf.write(root / "audio_16k" / f"f{n}_0_{label}.wav", wave, SAMPLE_RATE)
     return root
 
 
@@ -37,7 +39,7 @@ def test_eval_api_suite(tmp_path, capsys):
         vocalsound(root / "vocalsound")
         chapter = root / "librispeech" / "test-clean" / "1" / "2"
         chapter.mkdir(parents=True)
-        sf.write(chapter / "1-2-0.flac", 0.2 * np.sin(np.arange(4000) / 3.0), 16000)
+        sf.write(chapter / "1-2-0.flac", 0.2 * np.sin(np.arange(4000) / 3.0), SAMPLE_RATE)
         (chapter / "1-2.trans.txt").write_text("1-2-0 A REPLY ABOUT THE AUDIO\n")
         assert main(["eval", "--api", server.url, "--suite", "vocalsound,librispeech", "--data", str(root),
                      "--out", str(tmp_path / "out"), "--no-progress"]) == 0

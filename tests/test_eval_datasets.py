@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from qwen2audio.audio import load_audio
+from conftest import write_speech
+from qwen2audio.audio import SAMPLE_RATE, load_audio
 from qwen2audio.eval.datasets import load_items
 from qwen2audio.tokenizer import base_prompt
 
@@ -21,15 +22,13 @@ pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in ("espeak-ng", "
 @pytest.fixture(scope="module")
 def speech(tmp_path_factory) -> Path:
     """One short spoken sentence (wav); the layouts below convert it to what each set ships."""
-    path = tmp_path_factory.mktemp("speech") / "speech.wav"
-    subprocess.run(["espeak-ng", "-v", "en", "-w", str(path), "hello world"], check=True)
-    return path
+    return write_speech(tmp_path_factory.mktemp("speech") / "speech.wav", "hello world", voice="en")
 
 
 def convert(src: Path, dst: Path) -> Path:
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.suffix in (".wav", ".flac"):
-        subprocess.run(["sox", "-R", str(src), "-r", "16000", str(dst)], check=True)
+        subprocess.run(["sox", "-R", str(src), "-r", str(SAMPLE_RATE), str(dst)], check=True)
     elif dst.suffix == ".mp4":  # a video with the speech as its audio track, as MELD ships
         subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "color=c=black:s=16x16:d=1",
                         "-i", str(src), "-shortest", "-c:v", "mpeg4", "-c:a", "aac", str(dst)], check=True)

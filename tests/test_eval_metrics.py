@@ -1,4 +1,4 @@
-"""Normalisers and metrics of the official evaluation (SPEC §6) against known values."""
+"""Normalisers and metrics of the official evaluation against known values."""
 
 from __future__ import annotations
 

@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from qwen2audio.eval.runner import LocalPredictor, evaluate, read_predictions
+from qwen2audio.audio import SAMPLE_RATE
+from qwen2audio.eval.results import read_predictions
+from qwen2audio.eval.runner import LocalPredictor, evaluate
 
 N_ITEMS = 6
 MAX_NEW = 4
@@ -29,8 +31,9 @@ def vocalsound_tree(tmp_path_factory) -> Path:
     (root / "audio_16k").mkdir()
     labels = ["cough", "sigh", "sniff", "sneeze", "laughter", "throatclearing"]
     for n, label in enumerate(labels[:N_ITEMS]):
-        t = np.arange(int(16000 * (0.3 + 0.1 * n))) / 16000
-        sf.write(root / "audio_16k" / f"f{n:04d}_0_{label}.wav", 0.3 * np.sin(2 * np.pi * (200 + 50 * n) * t), 16000)
+        t = np.arange(int(SAMPLE_RATE * (0.3 + 0.1 * n))) / SAMPLE_RATE
+        sf.write(root / "audio_16k" / f"f{n:04d}_0_{label}.wav", 0.3 * np.sin(2 * np.pi * (200 + 50 * n) * t),
+                 SAMPLE_RATE)
     return root
 
 

@@ -17,10 +17,12 @@ import torch
 
 from qwen2audio.cli import main
 from qwen2audio.data import parse_row
-from qwen2audio.eval.datasets import EvalItem, load_items
+from qwen2audio.eval.benchmark import EvalItem
+from qwen2audio.eval.datasets import load_items
 from qwen2audio.eval.metrics import cer, exact_match, label_accuracy, wer
 from qwen2audio.eval.preference import evaluate_preference
-from qwen2audio.eval.runner import LocalPredictor, evaluate, read_predictions
+from qwen2audio.eval.results import read_predictions
+from qwen2audio.eval.runner import LocalPredictor, evaluate
 from qwen2audio.eval.synthetic import score_synth
 
 pytestmark = pytest.mark.skipif(not all(shutil.which(t) for t in ("espeak-ng", "flite", "sox")),

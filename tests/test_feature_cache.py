@@ -10,8 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_data import pitch_rows, tiny_checkpoint, write_jsonl, write_tone
-from test_train import run_script
+from conftest import overrides, pitch_rows, run_script, write_jsonl, write_tone, write_trainable_checkpoint
 from qwen2audio import Qwen2AudioForConditionalGeneration
 from qwen2audio.audio import load_audio, log_mel_spectrogram
 from qwen2audio.data.feature_cache import FeatureCache, content_key
@@ -23,7 +22,7 @@ NOTE = re.compile(r"encoder cache (\S+): (\d+) clips, (\d+) cached, (\d+) comput
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tiny_cache")
-    tiny_checkpoint(d / "ckpt")
+    write_trainable_checkpoint(d / "ckpt")
     for kind in ("sft", "task", "dpo"):
         write_jsonl(d / f"{kind}.jsonl", pitch_rows(d, 16, kind))
     write_jsonl(d / "multi.jsonl", multi_audio_rows(d))
@@ -42,11 +41,6 @@ def multi_audio_rows(d: Path) -> list[dict]:
                                   {"role": "user", "content": "<audio>And this?"},
                                   {"role": "assistant", "content": "b"}], "audios": [b, a]})
     return rows
-
-
-def overrides(tiny: Path, out: Path, *extra: str) -> list[str]:
-    return [f"model.path={tiny / 'ckpt'}", f"out_dir={out}", "data.batch_size=4", "data.num_workers=0",
-            "model.precision=32-true", "logging.progress=false", "checkpoint.save_final=false", *extra]
 
 
 def note(err: str) -> tuple[str, int, int, int]:
@@ -101,7 +95,7 @@ def test_bf16_cache_is_what_the_projector_sees_under_autocast(tiny, tmp_path):
 
 
 def test_long_audio_is_dropped_or_cut_as_without_the_cache(tiny, tmp_path):
-    write_tone(tmp_path / "long.wav", 31.0, 300)
+    write_tone(tmp_path / "long.wav", 31.0, 300, noise=0.01)
     rows = pitch_rows(tmp_path, 4, "sft") + [
         {"messages": [{"role": "user", "content": "<audio>Pitch?"}, {"role": "assistant", "content": "low"}],
          "audios": ["long.wav"]}]
@@ -151,7 +145,7 @@ def test_changed_audio_or_encoder_weights_recompute_their_entries(tiny, tmp_path
     assert again == (folder, 8, 8, 0)
 
     # one audio file changes: only its entry is computed, and it holds the new clip's frames
-    write_tone(data / "audio" / "3.wav", 0.8, 1000, seed=99)
+    write_tone(data / "audio" / "3.wav", 0.8, 1000, noise=0.01, seed=99)
     run, changed = cache_run()
     assert changed == (folder, 8, 7, 1)
     cache = run.batch_loader.encoder_cache

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 
 from conftest import make_batch, make_hf_model
 from qwen2audio import load
-from qwen2audio.generate import GenerationConfig, Generator, sample
+from qwen2audio.generate import ContinuousBatch, GenerationConfig, Generator, SamplerState, prefill, sample
+from qwen2audio.model.kv_cache import make_caches
 from qwen2audio.quant import DecodeLinear, Int4Linear, Int8Linear, quantize, use_decode_kernels
 
 NEW = 12
@@ -95,6 +96,79 @@ def test_sampling_is_seeded_and_filters_behave():
     peaked = torch.tensor([[10.0, 0.0, 0.0, 0.0]])
     assert int(sample(peaked, GenerationConfig(do_sample=True, top_p=0.5), None, None)) == 0
     assert torch.equal(sample(logits, GenerationConfig(do_sample=True, top_k=1), None, None), logits.argmax(-1))
+
+
+def test_prefill_into_a_batch_row_equals_the_generators_prefill(checkpoint):
+    """One prompt, prefilled by Generator (its own cache) and into row 2 of a continuous batch: the same logits to
+    the bit, the same keys and values in the row's slots [0, T), nothing written to the other rows; and the logits
+    are the plain forward's at the last position."""
+    model = load(checkpoint[0])
+    inputs = _one(make_batch(128, seconds=(4.0, 9.0))[0], 1)
+    T = inputs["input_ids"].shape[1]
+    generator = Generator(model, compile=False)
+    first, = generator.stream(inputs, GenerationConfig(max_new_tokens=1))
+    generator_caches = [layer.attn.kv_cache for layer in model.decoder.layers]
+    batch = ContinuousBatch(model, n_rows=3, max_len=512, compile=False)
+    in_row = batch.prefill(2, inputs)
+    assert in_row.shape == (model.config.text.vocab_size,) and batch.lengths == [0, 0, T]
+    assert torch.equal(in_row, prefill(model, inputs, make_caches(model.decoder, 1, T))[0])
+    assert int(in_row.argmax()) == int(first[0])
+    for row_cache, own in zip(batch.caches, generator_caches):
+        assert torch.equal(row_cache.k[2, :, :T], own.k[0, :, :T])
+        assert torch.equal(row_cache.v[2, :, :T], own.v[0, :, :T])
+        assert not row_cache.k[:2].any() and not row_cache.k[2, :, T:].any()
+    with torch.no_grad():
+        forward = model(**inputs).logits[0, -1].float()
+    torch.testing.assert_close(in_row, forward, atol=1e-4, rtol=1e-4)
+
+
+def test_prefill_of_a_left_padded_batch_equals_each_row_alone(checkpoint):
+    model = load(checkpoint[0])
+    inputs, _ = make_batch(128, seconds=(1.5, 17.0))
+    padded = prefill(model, inputs, make_caches(model.decoder, 2, inputs["input_ids"].shape[1]))
+    assert padded.shape == (2, model.config.text.vocab_size) and padded.dtype == torch.float32
+    for i in range(2):
+        alone = _one(inputs, i)
+        torch.testing.assert_close(padded[i], prefill(model, alone, make_caches(model.decoder, 1, 512))[0],
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_sampler_state_draws_what_sample_draws_by_hand():
+    """A seeded SamplerState over 2 rows for 5 steps: its tokens are `sample`'s with one generator seeded once and
+    the seen mask kept by hand (prompt tokens without the padding, then every accepted token)."""
+    torch.manual_seed(0)
+    steps = torch.randn(5, 2, 40)
+    input_ids = torch.tensor([[0, 3, 3, 7], [0, 0, 5, 9]])
+    attention_mask = torch.tensor([[1, 1, 1, 1], [0, 0, 1, 1]])  # row 1 left-padded: its two 0s are not seen
+    config = GenerationConfig(do_sample=True, top_k=8, temperature=0.7, repetition_penalty=1.3, seed=123)
+    state = SamplerState(config, input_ids, attention_mask, 40, torch.device("cpu"))
+    seen = torch.zeros(2, 40, dtype=torch.bool)
+    seen[0, [0, 3, 7]] = seen[1, [5, 9]] = True
+    assert torch.equal(state.seen, seen) and not state.greedy
+    by_hand, generator = [], torch.Generator().manual_seed(123)
+    for logits in steps:
+        by_hand.append(sample(logits, config, seen, generator))
+        seen[torch.arange(2), by_hand[-1]] = True
+    drawn = []
+    for logits in steps:
+        drawn.append(state.sample(logits))
+        state.accept(drawn[-1])
+    assert [t.tolist() for t in drawn] == [t.tolist() for t in by_hand] == [[29, 19], [9, 2], [26, 17], [9, 1],
+                                                                            [17, 32]]
+    assert torch.equal(state.seen, seen)
+
+
+def test_sampler_state_holds_only_what_the_config_needs():
+    ids = torch.tensor([[4, 5]])
+    greedy = SamplerState(GenerationConfig(), ids, None, 10, torch.device("cpu"))
+    assert greedy.greedy and greedy.generator is None and greedy.seen is None
+    greedy.accept([3])  # nothing to record
+    penalised = SamplerState(GenerationConfig(repetition_penalty=1.2), ids, None, 10, torch.device("cpu"))
+    assert not penalised.greedy and penalised.generator is None
+    penalised.accept([3])  # an engine row accepts plain ints
+    assert penalised.seen[0].nonzero().flatten().tolist() == [3, 4, 5]
+    sampled = SamplerState(GenerationConfig(do_sample=True, seed=5), ids, None, 10, torch.device("cpu"))
+    assert sampled.seen is None and sampled.generator.initial_seed() == 5
 
 
 @pytest.mark.parametrize("bad,match", [

@@ -1,22 +1,13 @@
 """The processor against transformers' Qwen2AudioProcessor, and the whole pipeline (processor + model) against
 transformers on real waveforms."""
 
-import numpy as np
 import pytest
 import torch
 
-from conftest import make_hf_model
+from conftest import make_hf_model, tone
 from qwen2audio import Processor, Qwen2AudioForConditionalGeneration, audios_in_conversation
+from qwen2audio.audio import SAMPLE_RATE
 from qwen2audio.model import audio_token_count
-
-SR = 16000
-
-
-def _tone(seconds, freq=440.0, sr=SR, seed=0):
-    t = np.arange(int(seconds * sr)) / sr
-    rng = np.random.default_rng(seed)
-    return (0.3 * np.sin(2 * np.pi * freq * t) + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
-
 
 CONVERSATIONS = [
     [{"role": "user", "content": [{"type": "audio", "audio": "a"}, {"type": "text", "text": "What's that sound?"}]}],
@@ -25,7 +16,7 @@ CONVERSATIONS = [
      {"role": "assistant", "content": "Hello there."},
      {"role": "user", "content": [{"type": "text", "text": "And the mood, in one word?"}]}],
 ]
-AUDIOS = [_tone(0.7, 330.0, seed=1), _tone(23.4, 550.0, seed=2)]  # one under 1 s, one over 20 s
+AUDIOS = [tone(0.7, 330.0, noise=0.02, seed=1), tone(23.4, 550.0, noise=0.02, seed=2)]  # one under 1 s, one over 20 s
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +36,8 @@ def test_same_inputs_as_transformers(hf_processor, side):
     assert prompts == [hf_processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False)
                        for c in CONVERSATIONS]
     hf_processor.tokenizer.padding_side = side
-    ref = hf_processor(text=prompts, audio=AUDIOS, sampling_rate=SR, return_tensors="pt", padding=True)
-    out = ours(text=prompts, audio=AUDIOS, sampling_rate=SR)
+    ref = hf_processor(text=prompts, audio=AUDIOS, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
+    out = ours(text=prompts, audio=AUDIOS, sampling_rate=SAMPLE_RATE)
     assert set(out) == {"input_ids", "attention_mask", "input_features", "feature_attention_mask"}
     torch.testing.assert_close(out.input_ids, ref["input_ids"])
     torch.testing.assert_close(out.attention_mask, ref["attention_mask"].long())
@@ -64,8 +55,8 @@ def test_whole_pipeline_equals_transformers(tmp_path, hf_processor):
     ours = Qwen2AudioForConditionalGeneration.from_pretrained(tmp_path)
     prompts = [ours.processor.apply_chat_template(c, add_generation_prompt=True) for c in CONVERSATIONS]
     hf_processor.tokenizer.padding_side = "left"
-    ref_inputs = hf_processor(text=prompts, audio=AUDIOS, sampling_rate=SR, return_tensors="pt", padding=True)
-    inputs = ours.processor(text=prompts, audio=AUDIOS, sampling_rate=SR)
+    ref_inputs = hf_processor(text=prompts, audio=AUDIOS, sampling_rate=SAMPLE_RATE, return_tensors="pt", padding=True)
+    inputs = ours.processor(text=prompts, audio=AUDIOS, sampling_rate=SAMPLE_RATE)
     with torch.no_grad():
         ref = hf_model(**ref_inputs).logits
         out = ours(**inputs).logits
@@ -76,21 +67,21 @@ def test_whole_pipeline_equals_transformers(tmp_path, hf_processor):
 def test_placeholder_and_audio_counts_must_agree():
     processor = Processor()
     with pytest.raises(ValueError, match=r"holds 2 <\|AUDIO\|> but 1 audios"):
-        processor(text="<|AUDIO|> and <|AUDIO|>", audio=[AUDIOS[0]], sampling_rate=SR)
+        processor(text="<|AUDIO|> and <|AUDIO|>", audio=[AUDIOS[0]], sampling_rate=SAMPLE_RATE)
     with pytest.raises(ValueError, match="list of numbers"):
-        processor(text="<|AUDIO|>", audio=[0.1, 0.2, 0.3], sampling_rate=SR)
+        processor(text="<|AUDIO|>", audio=[0.1, 0.2, 0.3], sampling_rate=SAMPLE_RATE)
     with pytest.raises(ValueError, match="padding_side"):
         Processor(padding_side="middle")
 
 
 def test_long_audio_is_cut_with_a_warning_or_refused():
     processor = Processor()
-    long = _tone(45.0)
+    long = tone(45.0, noise=0.02)
     with pytest.warns(UserWarning, match="longer than 30 s and was cut"):
-        out = processor(text="<|audio_bos|><|AUDIO|><|audio_eos|>Transcribe:", audio=long, sampling_rate=SR)
+        out = processor(text="<|audio_bos|><|AUDIO|><|audio_eos|>Transcribe:", audio=long, sampling_rate=SAMPLE_RATE)
     assert int(out.feature_attention_mask.sum()) == 3000 and int((out.input_ids == 151646).sum()) == 750
     with pytest.raises(ValueError, match="split it into windows"):
-        processor(text="<|AUDIO|>", audio=long, sampling_rate=SR, truncate_audio=False)
+        processor(text="<|AUDIO|>", audio=long, sampling_rate=SAMPLE_RATE, long_audio="error")
 
 
 def test_audio_sources_follow_the_template_numbering():
@@ -114,12 +105,12 @@ def test_save_pretrained_roundtrip_and_transformers_reads_it(tmp_path):
     assert type(hf).__name__ == "Qwen2AudioProcessor"
     assert hf.feature_extractor.feature_size == reloaded.n_mels == 128
     prompt = "<|audio_bos|><|AUDIO|><|audio_eos|>Detect the language and recognize the speech: <|en|>"
-    ref = hf(text=prompt, audio=AUDIOS[0], sampling_rate=SR, return_tensors="pt")
-    out = reloaded(text=prompt, audio=AUDIOS[0], sampling_rate=SR)
+    ref = hf(text=prompt, audio=AUDIOS[0], sampling_rate=SAMPLE_RATE, return_tensors="pt")
+    out = reloaded(text=prompt, audio=AUDIOS[0], sampling_rate=SAMPLE_RATE)
     torch.testing.assert_close(out.input_ids, ref["input_ids"])
     torch.testing.assert_close(out.input_features, ref["input_features"], atol=1e-4, rtol=0)
 
 
 def test_inputs_move_to_device_and_dtype():
-    out = Processor()(text="<|AUDIO|>", audio=AUDIOS[0], sampling_rate=SR).to("cpu", torch.bfloat16)
+    out = Processor()(text="<|AUDIO|>", audio=AUDIOS[0], sampling_rate=SAMPLE_RATE).to("cpu", torch.bfloat16)
     assert out.input_features.dtype == torch.bfloat16 and out.input_ids.dtype == torch.long

@@ -6,7 +6,6 @@ timeout and a size cap; and a schemathesis run over the OpenAPI schema finds no 
 import base64
 import collections
 import http.server
-import io
 import json
 import os
 import threading
@@ -15,26 +14,15 @@ import time
 import httpx
 import numpy as np
 import pytest
-import soundfile
 
 import qwen2audio
+from conftest import audio_bytes, tone
+from qwen2audio.audio import SAMPLE_RATE
 from qwen2audio.serve import ServeConfig, ServerThread, create_app
 
-SR = 16000
 KEY = "abuse-key"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 MAX_AUDIOS, MAX_SECONDS, MAX_TOKENS, MAX_BODY = 4, 60.0, 64, 3_000_000
-
-
-def tone(seconds, freq=440.0):
-    t = np.arange(int(seconds * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def encoded(wave, fmt="WAV"):
-    buffer = io.BytesIO()
-    soundfile.write(buffer, wave, SR, format=fmt, subtype="PCM_16")
-    return buffer.getvalue()
 
 
 def b64(data):
@@ -55,7 +43,7 @@ def chat_body(*parts, **options):
             "max_tokens": 8, **options}
 
 
-CLIP = encoded(tone(0.5))
+CLIP = audio_bytes(tone(0.5))
 
 
 @pytest.fixture(scope="module")
@@ -122,9 +110,9 @@ def expect(response, status, code=None, fragment=None, param=None):
 
 
 def ten_minute_flac():
-    quiet = np.zeros(600 * SR, np.float32)
-    quiet[::SR] = 0.01  # a tick a second: real samples, yet FLAC packs the ten minutes into a few dozen KB
-    return encoded(quiet, fmt="FLAC")
+    quiet = np.zeros(600 * SAMPLE_RATE, np.float32)
+    quiet[::SAMPLE_RATE] = 0.01  # a tick a second: real samples, yet FLAC packs the ten minutes into a few dozen KB
+    return audio_bytes(quiet, "FLAC")
 
 
 CHAT_CASES = {
@@ -141,7 +129,7 @@ CHAT_CASES = {
     "invalid base64": (chat_body(audio_part("@@not base64@@")), 400, "invalid_audio", "not valid base64", None),
     "corrupt audio": (chat_body(audio_part(os.urandom(4000))), 400, "invalid_audio", "could not decode", None),
     "empty audio": (chat_body(audio_part("")), 400, "invalid_audio", "empty", None),
-    "zero-sample wav": (chat_body(audio_part(encoded(np.zeros(0, np.float32)))), 400, "invalid_audio", "0 samples",
+    "zero-sample wav": (chat_body(audio_part(audio_bytes(np.zeros(0, np.float32)))), 400, "invalid_audio", "0 samples",
                         None),
     "ten-minute clip": (lambda: chat_body(audio_part(ten_minute_flac())), 400, "audio_too_long", "60 s", None),
     "100 audios": (chat_body(*[audio_part(CLIP)] * 100), 400, "too_many_audios", f"100 audios", "messages"),
@@ -321,7 +309,7 @@ class AudioHandler(http.server.BaseHTTPRequestHandler):
         if self.path == "/clip.wav":
             body = CLIP
         elif self.path == "/big.wav":
-            body = encoded(tone(10.0))
+            body = audio_bytes(tone(10.0))
         elif self.path == "/slow.wav":
             self.send_response(200)
             self.send_header("Content-Length", str(len(CLIP)))

@@ -3,36 +3,21 @@ transcriptions and translations in every response format (long files in windows)
 Answers are compared with the library's own `model.chat` / `model.transcribe` on a second copy of the model."""
 
 import base64
-import io
 import warnings
 
 import httpx
-import numpy as np
 import pytest
-import soundfile
 
 import qwen2audio
-from conftest import clip_with_pauses
+from conftest import audio_bytes, clip_with_pauses, tone
 from qwen2audio.serve import ServeConfig, ServerThread, create_app
 from qwen2audio.tokenizer import chat_task_prompt
 from qwen2audio.transcribe import clean_transcript, format_transcription
 
 openai = pytest.importorskip("openai")
 
-SR = 16000
 KEY = "test-key"
 MAX_TOKENS = 48  # the server's limit: transcription windows stop there too
-
-
-def tone(seconds, freq=440.0):
-    t = np.arange(int(seconds * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def wav_bytes(wave):
-    buffer = io.BytesIO()
-    soundfile.write(buffer, wave, SR, format="WAV", subtype="PCM_16")
-    return buffer.getvalue()
 
 
 def b64(data):
@@ -64,7 +49,7 @@ def client(server):
 
 def audio_question(wave, text="What is this sound?"):
     return [{"role": "user", "content": [
-        {"type": "input_audio", "input_audio": {"data": b64(wav_bytes(wave)), "format": "wav"}},
+        {"type": "input_audio", "input_audio": {"data": b64(audio_bytes(wave)), "format": "wav"}},
         {"type": "text", "text": text}]}]
 
 
@@ -99,14 +84,14 @@ def test_voice_chat_multi_turn_and_every_audio_source(client, reference, allowed
     """Audio alone (voice chat), then a second turn with a data: URL and a file: URL inside the allowed directory."""
     first, second = tone(1.0, 550), tone(0.7, 660)
     path = allowed_dir / "second.wav"
-    path.write_bytes(wav_bytes(second))
+    path.write_bytes(audio_bytes(second))
     messages = [{"role": "user", "content": [{"type": "input_audio",
-                                              "input_audio": {"data": b64(wav_bytes(first)), "format": "wav"}}]}]
+                                              "input_audio": {"data": b64(audio_bytes(first)), "format": "wav"}}]}]
     answer = client.chat.completions.create(model="qwen2-audio", messages=messages, max_tokens=8)
     assert answer.choices[0].message.content == reference.chat(messages, max_new_tokens=8)
     messages += [{"role": "assistant", "content": answer.choices[0].message.content},
                  {"role": "user", "content": [
-                     {"type": "audio_url", "audio_url": {"url": f"data:audio/wav;base64,{b64(wav_bytes(second))}"}},
+                     {"type": "audio_url", "audio_url": {"url": f"data:audio/wav;base64,{b64(audio_bytes(second))}"}},
                      {"type": "audio_url", "audio_url": {"url": f"file://{path}"}},
                      {"type": "text", "text": "Are these two the same?"}]}]
     reply = client.chat.completions.create(model="qwen2-audio", messages=messages, max_tokens=10)
@@ -135,7 +120,7 @@ def test_n_seed_temperature_top_p_and_stop(client, reference):
 def test_transcription_of_a_long_file_in_every_format(client, reference, tmp_path):
     wave, _ = clip_with_pauses(65.0, seed=1)
     path = tmp_path / "talk.wav"
-    path.write_bytes(wav_bytes(wave))
+    path.write_bytes(audio_bytes(wave))
     expected = reference.transcribe(str(path), max_new_tokens=MAX_TOKENS)
     assert len(expected.segments) == 3
 
@@ -158,7 +143,7 @@ def test_transcription_of_a_long_file_in_every_format(client, reference, tmp_pat
 def test_translation(client, reference, tmp_path):
     wave = tone(2.5, 300)
     path = tmp_path / "speech.wav"
-    path.write_bytes(wav_bytes(wave))
+    path.write_bytes(audio_bytes(wave))
     conversation = [{"role": "user", "content": [{"type": "audio", "audio": str(path)},
                                                  {"type": "text", "text": chat_task_prompt("translate", target="en")}]}]
     expected, _ = clean_transcript(reference.chat(conversation, max_new_tokens=MAX_TOKENS))

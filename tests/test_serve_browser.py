@@ -4,32 +4,22 @@ microphone as webm/opus with no text: voice chat. The answers equal model.chat's
 tests/artifacts/."""
 
 import base64
-import io
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile
 
 import qwen2audio
+from conftest import audio_bytes, tone
 from qwen2audio.serve import ServeConfig, ServerThread, create_app
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).parent / "artifacts"
-SR = 16000
 KEY = "browser-key"
 MAX_TOKENS = 24
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is missing: apt-get install "
                                 "chromium (make system-deps) to run the browser test")
-
-
-def tone_wav(seconds=1.5, freq=440.0):
-    t = np.arange(int(seconds * SR)) / SR
-    buffer = io.BytesIO()
-    soundfile.write(buffer, (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32), SR, format="WAV")
-    return buffer.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +56,7 @@ def answer_of(page, n):
 
 def test_upload_ask_and_stream_then_voice_chat_from_the_microphone(server, page, tiny_checkpoint, tmp_path):
     reference = qwen2audio.load(tiny_checkpoint)
-    clip = tone_wav()
+    clip = audio_bytes(tone(1.5))
     path = tmp_path / "clip.wav"
     path.write_bytes(clip)
     ARTIFACTS.mkdir(exist_ok=True)

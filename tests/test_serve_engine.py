@@ -2,31 +2,30 @@
 
 A request decoded beside others, joining mid-way into a row another request used before, gives the tokens it gives
 alone; the engine's text, finish reasons and counts equal model.chat's; cancelled and late requests free their row
-before the next step; a full queue refuses with a retry hint."""
+before the next step; a full queue refuses with a retry hint; the service's transcription of a long file equals
+`transcribe`'s."""
 
+import asyncio
 import threading
 import time
 
-import numpy as np
 import pytest
 import torch
 
 import qwen2audio
+from conftest import audio_bytes, clip_with_pauses, tone
+from qwen2audio.audio import SAMPLE_RATE
 from qwen2audio.chat import chat_inputs, model_processor
 from qwen2audio.generate import ContinuousBatch, GenerationConfig
+from qwen2audio.serve.config import ServeConfig
 from qwen2audio.serve.engine import BatchEngine, Delta, Failed, Finished, Request
 from qwen2audio.serve.errors import QueueFull
+from qwen2audio.serve.service import Service
 
-SR = 16000
-
-
-def tone(seconds, freq=440.0):
-    t = np.arange(int(seconds * SR)) / SR
-    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
+TRANSCRIPTION_TOKENS = 12  # per window: enough for text in every window of the tiny model
 
 def conversation(seconds, freq, text):
-    return [{"role": "user", "content": [{"type": "audio", "audio": tone(seconds, freq), "sampling_rate": SR},
+    return [{"role": "user", "content": [{"type": "audio", "audio": tone(seconds, freq), "sampling_rate": SAMPLE_RATE},
                                          {"type": "text", "text": text}]}]
 
 
@@ -193,3 +192,18 @@ def test_a_failing_request_does_not_stop_the_engine(model, engine):
     assert isinstance(broken.result, Failed) and broken.result.error.status == 400
     assert "<|AUDIO|>" in broken.result.error.message
     assert isinstance(fine.result, Finished) and engine.healthy and engine.stats.failed == 1
+
+
+def test_service_and_transcribe_stitch_the_same_transcription(model):
+    """A 65 s file transcribed by the library (windows batched through model.generate) and by the server's Service
+    (one window per engine row): the same Transcription, both stitched by transcribe.transcription_from_windows."""
+    data = audio_bytes(clip_with_pauses(65.0, seed=1)[0])
+    expected = model.transcribe(data, max_new_tokens=TRANSCRIPTION_TOKENS)
+    engine = BatchEngine(model, n_rows=2, max_len=1024).start()
+    try:
+        service = Service(model, engine, ServeConfig(max_tokens=TRANSCRIPTION_TOKENS))
+        result, tokens = asyncio.run(service.transcribe(data, "transcriptions", None, None, 0.0, None))
+    finally:
+        engine.close()
+    assert len(expected.segments) == 3 and all(s.text for s in expected.segments)
+    assert result == expected and len(tokens) == 3

@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import qwen2audio
+from conftest import tone
+from qwen2audio.audio import SAMPLE_RATE
 from qwen2audio.chat import chat_inputs
 from qwen2audio.streaming import IncrementalDecoder, TextStream
 from qwen2audio.tokenizer import Tokenizer
 
-SR = 16000
 N_NEW = 16  # new tokens per generation
 
 
@@ -146,11 +147,11 @@ def test_rows_that_run_out_of_tokens_end_with_length(tok):
 
 # -- on a model ------------------------------------------------------------------------------------------------------
 def _conversations():
-    t = np.arange(int(1.5 * SR)) / SR
-    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    t = np.arange(int(1.5 * SAMPLE_RATE)) / SAMPLE_RATE
     chirp = (0.3 * np.sin(2 * np.pi * (200 + 300 * t) * t)).astype(np.float32)
     return [
-        [{"role": "user", "content": [{"type": "audio", "audio": tone}, {"type": "text", "text": "What is it?"}]}],
+        [{"role": "user", "content": [{"type": "audio", "audio": tone(1.5)},
+                                      {"type": "text", "text": "What is it?"}]}],
         [{"role": "user", "content": "Write a poem about the sea."}],
         [{"role": "user", "content": [{"type": "audio", "audio": chirp}]}],  # voice chat: audio only
     ]

@@ -28,7 +28,7 @@ from qwen2audio.tokenizer import (
     base_prompt,
 )
 
-QWEN2_AUDIO_IDS = {  # SPEC §4, written out again on purpose
+QWEN2_AUDIO_IDS = {  # Qwen2-Audio's ids, written out again on purpose
     "<|endoftext|>": 151643,
     "<|im_start|>": 151644,
     "<|im_end|>": 151645,

@@ -7,7 +7,7 @@
     frames = cache.read(entry)
 
 An entry holds the encoder's valid output frames of one clip (after the 2x pooling and the final LayerNorm: what
-the projector takes). Under Qwen2-Audio's padding mask (SPEC §1) they depend on that clip's valid mel frames only,
+the projector takes). Under Qwen2-Audio's padding mask they depend on that clip's valid mel frames only,
 never on what it was batched with, so caching them is exact. Keys: the audio's content (`content_key`: a hash of
 the file's bytes, of inline bytes, or of the samples of an array); the folder: a fingerprint of the encoder weights,
 the feature extractor settings and the stored dtype, so new weights or settings start an empty folder.

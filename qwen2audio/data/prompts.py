@@ -1,4 +1,4 @@
-"""Stage-1 instructions: for each task a pool of natural-language paraphrases, one drawn per sample (SPEC §5.1).
+"""Stage-1 instructions: for each task a pool of natural-language paraphrases, one drawn per sample.
 
 The report replaced Qwen-Audio's hierarchical task tags with natural-language prompts. A task row
 `{"audio", "task", "text", "language", ...}` gets one instruction from its task's pool, drawn with a generator seeded
@@ -151,9 +151,9 @@ def draw_instruction(task: str, fields: Mapping[str, Any], rng: random.Random) -
     """One paraphrase of `task`'s instruction whose placeholders the row can fill, filled in."""
     name = canonical_task(task)
     values = prompt_fields(name, fields)
-    usable = [t for t in INSTRUCTIONS[name] if _placeholders(t) <= values.keys()]
+    usable = [t for t in INSTRUCTIONS[name] if placeholders(t) <= values.keys()]
     if not usable:
-        needed = sorted(set().union(*(_placeholders(t) for t in INSTRUCTIONS[name])))
+        needed = sorted(set().union(*(placeholders(t) for t in INSTRUCTIONS[name])))
         raise ValueError(f"task {name!r} needs one of the fields {', '.join(needed)} in the row")
     return rng.choice(usable).format(**values)
 
@@ -172,5 +172,5 @@ def sample_rng(seed: int, source: int, epoch: int, line: int) -> random.Random:
     return random.Random(f"{seed}:{source}:{epoch}:{line}")
 
 
-def _placeholders(template: str) -> set[str]:
+def placeholders(template: str) -> set[str]:
     return {name for _, name, _, _ in string.Formatter().parse(template) if name}

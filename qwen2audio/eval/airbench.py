@@ -1,6 +1,6 @@
-"""AIR-Bench: the Chat set scored by an LLM judge behind any OpenAI-compatible endpoint (the official judge prompt,
-both answer orders, averaged, per category) and the Foundation set's single-choice accuracy (unparseable answers
-count as wrong, and are counted).
+"""AIR-Bench: the loaders of both sets, and the Chat set scored by an LLM judge behind any OpenAI-compatible endpoint
+(the official judge prompt, both answer orders, averaged, per category). The Foundation set's items are
+single-choice questions, scored by `metrics.choice_accuracy` (unparseable answers count as wrong, and are counted).
 
 Layout of the download: `Chat/Chat_meta.json` and `Foundation/Foundation_meta.json`, the audio of an item at
 `{Chat|Foundation}/{task_name}_{dataset_name}/{path}`."""
@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..tokenizer import render_default_chat
-from .datasets import Benchmark, EvalItem
-from .metrics import Score
+from .benchmark import Benchmark, EvalItem
+from .metrics import CHOICE_LETTERS
+from .results import Score, append_rows, read_predictions
 
 # The official judge prompt (AIR-Bench `score_chat.py`): Assistant 1 is the reference, Assistant 2 the model.
 JUDGE_PROMPT = (
@@ -33,7 +34,6 @@ CHAT_CATEGORIES = ("speech", "sound", "music", "speech_and_sound", "speech_and_m
 MIXED = ("speech_and_sound", "speech_and_music")  # the report's "mixed" is their mean
 FOUNDATION_INSTRUCTION = ("Choose the most suitable answer from options A, B, C, and D to respond the question in "
                           "next line, you may only choose A or B or C or D.")
-LETTERS = "ABCD"
 
 
 def chat_category(task_name: str) -> str:
@@ -64,29 +64,11 @@ def load_foundation(b: Benchmark, root: Path) -> list[EvalItem]:
     for r in rows:
         choices = [r[f"choice_{c}"] for c in "abcd" if r.get(f"choice_{c}") not in (None, "")]
         text = FOUNDATION_INSTRUCTION + "\n" + r["question"] + "".join(
-            f"\n{LETTERS[i]}. {c}" for i, c in enumerate(choices))
+            f"\n{CHOICE_LETTERS[i]}. {c}" for i, c in enumerate(choices))
         items.append(EvalItem(str(r["uniq_id"]), base / f"{r['task_name']}_{r['dataset_name']}" / r["path"],
                               r["task_name"], _chat_prompt(text), r["answer_gt"], text=text,
                               extra={"choices": choices}))
     return items
-
-
-# -- Foundation: single choice ---------------------------------------------------------------------------------------
-def parse_choice(answer: str, choices: Sequence[str]) -> str | None:
-    """The chosen option's text: a leading letter ("B", "B.", "(B) ...", "Answer: B"), or exactly one option's text
-    inside the answer; None when neither says which."""
-    m = re.match(r"\s*(?:answer\s*(?:is)?\s*:?\s*)?\(?([A-D])\b", answer, flags=re.IGNORECASE)
-    if m and LETTERS.index(m.group(1).upper()) < len(choices) and (m.group(1).isupper() or len(answer.strip()) <= 3):
-        return choices[LETTERS.index(m.group(1).upper())]
-    found = [c for c in choices if c and c.lower() in answer.lower()]
-    return found[0] if len(found) == 1 else None
-
-
-def choice_accuracy(rows: Sequence[dict]) -> Score:
-    parsed = [parse_choice(r["prediction"], r["extra"]["choices"]) for r in rows]
-    correct = sum(p is not None and p == r["gt"] for p, r in zip(parsed, rows))
-    return Score("accuracy", correct / len(rows) if rows else 0.0, "", len(rows),
-                 {"correct": correct, "unparseable": sum(p is None for p in parsed)})
 
 
 # -- Chat: the judge -----------------------------------------------------------------------------------------------
@@ -129,8 +111,6 @@ def judge_row(row: dict, complete: Complete, retries: int = JUDGE_RETRIES) -> di
 def judge_scores(rows: Sequence[dict], complete: Complete, path: Path) -> dict[str, Score]:
     """Judge every row (resumable: verdicts are appended to `path`), then the mean model score per category,
     `mixed` (mean of speech_and_sound and speech_and_music) and `average` (of speech, sound, music, mixed)."""
-    from .runner import append_rows, read_predictions
-
     verdicts = read_predictions(path)
     for row in rows:
         if row["id"] not in verdicts:

@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ..api import load
 from ..transcribe import STYLES
 from .datasets import PRESETS
+from .preference import evaluate_preference
 from .runner import MAX_NEW_TOKENS, ApiPredictor, LocalPredictor, evaluate
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -78,16 +80,12 @@ def run(args: argparse.Namespace) -> None:
         predictor = ApiPredictor(args.api, model=args.api_model, api_key=args.api_key,
                                  max_new_tokens=args.max_new_tokens)
     else:
-        from ..api import load
-
         model = load(args.model, device=args.device, dtype=args.dtype)
         predictor = LocalPredictor(model, args.max_new_tokens, style=args.prompt_style)
     judge = (ApiPredictor(args.judge_api, model=args.judge_model, api_key=args.judge_key).complete
              if args.judge_api else None)
     for name in names:
         if PRESETS[name].metric == "preference":
-            from .preference import evaluate_preference
-
             results = evaluate_preference(model, paths[name], args.out, limit=args.limit,
                                           batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
                                           progress=not args.no_progress)

@@ -1,6 +1,7 @@
 """Evaluation sets as data: a `Benchmark` preset names its layout (how the files its users download are read), its
-task (which official prompt), its metric and the report's published numbers. Loaders turn a data path into
-`EvalItem`s; the same preset also reads the official `{audio, source, prompt, gt}` JSONL manifests and the
+task (which official prompt), its metric and the report's published numbers. `LOADERS` maps each layout to the
+function that turns a data path into `EvalItem`s (AIR-Bench's live in `airbench`, the synthetic corpus' in
+`synthetic`); the same preset also reads the official `{audio, source, prompt, gt}` JSONL manifests and the
 Hugging Face `datasets` parquet exports, chosen by what the path is. The synthetic corpus' test split
 (`qwen2audio synth` → `CORPUS/eval/`) is a preset too: each of its rows names its own metric."""
 
@@ -9,14 +10,14 @@ from __future__ import annotations
 import csv
 import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
-from ..data.rows import AUDIO_TAG, Chat, parse_row
-from ..processor import audios_in_conversation
-from ..tokenizer import AUDIO_PLACEHOLDER, AUDIO_TOKEN, base_prompt
-from .metrics import ROW_METRICS
+from ..tokenizer import AUDIO_PLACEHOLDER
+from .airbench import load_chat, load_foundation
+from .benchmark import Benchmark, EvalItem, source_language
+from .synthetic import load_synth
 
 MELD_LABELS = ("neutral", "joy", "sadness", "anger", "surprise", "fear", "disgust")
 VOCALSOUND_LABELS = ("Laughter", "Sigh", "Cough", "Throat clearing", "Sneeze", "Sniff")
@@ -26,63 +27,6 @@ VOCALSOUND_FILE_LABELS = {"laughter": "Laughter", "sigh": "Sigh", "cough": "Coug
 # Common Voice locales → the report's language codes
 CV_LOCALES = {"zh-CN": "zh", "zh-HK": "yue", "yue": "yue", "en": "en", "fr": "fr", "de": "de", "es": "es",
               "it": "it", "ja": "ja"}
-
-
-@dataclass(frozen=True)
-class EvalItem:
-    """One utterance: `audio` is a path, file bytes or a 16 kHz array; `prompt` is the full base-model prompt
-    (`<|audio_bos|><|AUDIO|><|audio_eos|>` + task text, one placeholder per audio). The chat form of the item is
-    `conversation()`: its own `messages` where it has them, else one user turn holding its audio(s) and `text`."""
-
-    id: str
-    audio: Any
-    source: str
-    prompt: str
-    gt: str
-    language: str | None = None
-    target: str | None = None
-    text: str | None = None  # the text of a chat turn after the audio (API requests; None: the prompt's task text)
-    extra: dict = field(default_factory=dict)  # what a metric needs besides gt (AIR-Bench: question, choices ...)
-    # the conversation up to the last user turn, audio parts {"type": "audio", "audio": source} in place (multi-turn,
-    # several audios); None: built by conversation(). Items that have one follow the model's prompt style.
-    messages: list[dict] | None = None
-    audios: tuple = ()  # every audio in prompt order when there are several (`audio` is then the first)
-
-    def all_audios(self) -> list:
-        return list(self.audios) or [self.audio]
-
-    def conversation(self) -> list[dict]:
-        """The item as a chat: its `messages`, else one user turn with its audio part(s) and then its text (the
-        prompt's task text when `text` is None; no text part when that is empty: voice chat)."""
-        if self.messages is not None:
-            return self.messages
-        text = self.text if self.text is not None else self.prompt.replace(AUDIO_PLACEHOLDER, "")
-        parts = [{"type": "audio", "audio": a} for a in self.all_audios()]
-        return [{"role": "user", "content": parts + ([{"type": "text", "text": text}] if text else [])}]
-
-
-@dataclass(frozen=True)
-class Benchmark:
-    """A preset. layout: the loader of the users' download; task: the official base prompt (`base_prompt`);
-    metric: a name in `metrics.METRICS`; language/target: of the speech and of the answer; labels: the label set of
-    a classification task; columns: the text column(s) of the Hugging Face parquet export, first found wins;
-    published: the report's numbers per source (paper, and after the HF conversion where it gives both)."""
-
-    name: str
-    layout: str
-    task: str
-    metric: str
-    language: str | None = "en"
-    target: str = "en"
-    labels: tuple[str, ...] = ()
-    columns: tuple[str, ...] = ("text", "sentence", "transcription", "raw_transcription")
-    source: str = ""  # the source name when the layout does not give one
-    published: dict[str, Any] = field(default_factory=dict)
-
-    def prompt(self, language: str | None = None, target: str | None = None) -> str:
-        if self.task == "chat":
-            raise ValueError(f"{self.name}: chat items carry their own prompt")
-        return base_prompt(self.task, language or self.language, target or self.target)
 
 
 PRESETS: dict[str, Benchmark] = {b.name: b for b in [
@@ -116,9 +60,6 @@ PRESETS: dict[str, Benchmark] = {b.name: b for b in [
     # (eval/preference.py; a local model only)
     Benchmark("preference", "preference", "dpo", "preference", language=None),
 ]}
-# The report's language of each official ASR / S2TT source, for manifests whose items carry no language.
-SOURCE_LANGUAGE = [(r"librispeech|_en$|^cv15_en", "en"), (r"aishell|fleurs_zh|cv15_zh|wenetspeech", "zh"),
-                   (r"yue", "yue"), (r"_fr$", "fr")]
 
 
 def get_benchmark(name: str) -> Benchmark:
@@ -219,97 +160,7 @@ def load_vocalsound(b: Benchmark, root: Path) -> Iterator[EvalItem]:
             yield _item(b, wav.stem, wav, b.source, VOCALSOUND_FILE_LABELS[label])
 
 
-# -- the synthetic corpus (qwen2audio synth) ---------------------------------------------------------------------------
-def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
-    """(line number, row) of a JSONL file; a line that is not a JSON object is a one-line error naming file:line."""
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{path}:{n}: a row must be a JSON object")
-        yield n, row
-
-
-def _synth_task(source: str, language: str | None) -> str:
-    """The task of a row that does not name it: its source without "synth_" and the language suffix."""
-    task = source.removeprefix("synth_")
-    return task.removesuffix(f"_{language}") if language else task
-
-
-def synth_item(row: dict, base_dir: Path, default_id: str) -> EvalItem:
-    """One row of CORPUS/eval/*.jsonl (schema in the README). Rows of the older official form (`audio`, `source`,
-    `prompt`, `gt` only) are ASR rows scored by WER."""
-    missing = [k for k in ("audio", "source", "prompt", "gt") if k not in row]
-    if missing:
-        raise ValueError(f"missing {', '.join(missing)}")
-    metric = row.get("metric", "wer")
-    if metric not in ROW_METRICS:
-        raise ValueError(f"metric {metric!r}; use one of {', '.join(ROW_METRICS)}")
-    source, language = str(row["source"]), row.get("language") or source_language(str(row["source"]))
-    prompt = row["prompt"] if AUDIO_TOKEN in row["prompt"] else AUDIO_PLACEHOLDER + row["prompt"]
-    instruction = row.get("instruction")
-    if instruction is None:
-        instruction = prompt.replace(AUDIO_PLACEHOLDER, "")
-    messages = row.get("messages") or [{"role": "user", "content": AUDIO_TAG + instruction}]
-    # the chat rows of training (`parse_row`) turn <audio> tags into audio parts and resolve the paths
-    chat = parse_row({"messages": messages, "audios": row.get("audios") or [row["audio"]]}, base_dir)
-    if not isinstance(chat, Chat) or chat.messages[-1]["role"] != "user":
-        raise ValueError("'messages' must end with a user turn")
-    audios = audios_in_conversation(chat.messages)
-    if prompt.count(AUDIO_TOKEN) != len(audios):
-        raise ValueError(f"the prompt holds {prompt.count(AUDIO_TOKEN)} {AUDIO_TOKEN} but the item has "
-                         f"{len(audios)} audio(s)")
-    labels = row.get("labels") or []
-    extra = {"task": row.get("task") or _synth_task(source, language), "kind": row.get("kind"), "metric": metric,
-             "labels": list(labels)}
-    return EvalItem(str(row.get("id", default_id)), audios[0], source, prompt, str(row["gt"]), language,
-                    row.get("target") or "en", instruction, extra, chat.messages,
-                    tuple(audios) if len(audios) > 1 else ())
-
-
-def load_synth(b: Benchmark, root: Path) -> Iterator[EvalItem]:
-    """CORPUS/eval/: one JSONL per source (or one such file); audio paths relative to the file's folder."""
-    for path in [root] if root.is_file() else sorted(root.glob("*.jsonl")):
-        for n, row in _jsonl(path):
-            try:
-                item = synth_item(row, path.parent, f"{path.stem}:{n}")
-            except ValueError as e:
-                raise ValueError(f"{path}:{n}: {e}") from None
-            yield item
-
-
-def _first_per_source(items: Iterator[EvalItem], limit: int) -> Iterator[EvalItem]:
-    seen: dict[str, int] = {}
-    for item in items:
-        seen[item.source] = seen.get(item.source, 0) + 1
-        if seen[item.source] <= limit:
-            yield item
-
-
-def _airbench_loaders():
-    from .airbench import load_chat, load_foundation
-
-    return {"airbench_chat": load_chat, "airbench_foundation": load_foundation,
-            "manifest": lambda b, root: (i for m in sorted(root.rglob("*.jsonl")) for i in load_manifest(b, m))}
-
-
-LOADERS: dict[str, Callable[[Benchmark, Path], Iterator[EvalItem]]] = {
-    "librispeech": load_librispeech, "aishell2": load_aishell2, "commonvoice": load_commonvoice,
-    "fleurs": load_fleurs, "covost2": load_covost2, "meld": load_meld, "vocalsound": load_vocalsound,
-    "synth": load_synth}
-OWN_JSONL = ("synth",)  # layouts whose loader reads .jsonl files itself (not as official manifests)
-PER_SOURCE_LIMIT = ("synth",)  # layouts where --limit N means the first N items of each source
-
-
 # -- the official manifests and the Hugging Face exports -------------------------------------------------------------
-def source_language(source: str) -> str | None:
-    return next((language for pattern, language in SOURCE_LANGUAGE if re.search(pattern, source)), None)
-
-
 def load_manifest(b: Benchmark, path: Path) -> Iterator[EvalItem]:
     """Official eval_audio JSONL: one `{"audio", "source", "prompt", "gt"}` per line; `prompt` is the text after
     the audio placeholder; relative audio paths resolve against the manifest's folder."""
@@ -351,6 +202,30 @@ def load_parquet(b: Benchmark, path: Path) -> Iterator[EvalItem]:
             yield _item(b, item_id, bytes(data), source, str(gt))
 
 
+def load_manifests(b: Benchmark, root: Path) -> Iterator[EvalItem]:
+    """Every official JSONL manifest under a folder (the `manifest` layout of the `asr` and `s2tt` presets)."""
+    for path in sorted(root.rglob("*.jsonl")):
+        yield from load_manifest(b, path)
+
+
+# A preset's layout names its loader: (preset, the data path) -> items.
+LOADERS: dict[str, Callable[[Benchmark, Path], Iterable[EvalItem]]] = {
+    "librispeech": load_librispeech, "aishell2": load_aishell2, "commonvoice": load_commonvoice,
+    "fleurs": load_fleurs, "covost2": load_covost2, "meld": load_meld, "vocalsound": load_vocalsound,
+    "manifest": load_manifests, "airbench_chat": load_chat, "airbench_foundation": load_foundation,
+    "synth": load_synth}
+OWN_JSONL = ("synth",)  # layouts whose loader reads .jsonl files itself (not as official manifests)
+PER_SOURCE_LIMIT = ("synth",)  # layouts where --limit N means the first N items of each source
+
+
+def _first_per_source(items: Iterable[EvalItem], limit: int) -> Iterator[EvalItem]:
+    seen: dict[str, int] = {}
+    for item in items:
+        seen[item.source] = seen.get(item.source, 0) + 1
+        if seen[item.source] <= limit:
+            yield item
+
+
 def load_items(benchmark: Benchmark | str, data: str | Path, limit: int | None = None) -> list[EvalItem]:
     """The items of `benchmark` under `data`: a `.jsonl` manifest, parquet file(s), or the download's folder.
     limit: the first N items (of each source for the synthetic corpus)."""
@@ -363,7 +238,7 @@ def load_items(benchmark: Benchmark | str, data: str | Path, limit: int | None =
     elif path.suffix == ".parquet" or (path.is_dir() and next(path.rglob("*.parquet"), None)):
         items = load_parquet(b, path)
     else:
-        items = {**LOADERS, **_airbench_loaders()}[b.layout](b, path)
+        items = LOADERS[b.layout](b, path)
     if limit is not None and b.layout in PER_SOURCE_LIMIT:
         items, limit = _first_per_source(items, limit), None
     out = []

@@ -1,28 +1,18 @@
-"""The metrics of SPEC §6, each a plain function from (references, predictions, ...) to a `Score`.
+"""The metrics of the official Qwen2-Audio evaluation, each a plain function from (references, predictions, ...)
+to a `Score`.
 
 `METRICS` names them, so a dataset preset says which one scores it (ultravox's `EvalConfig(metric=...)`)."""
 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+import re
 from typing import Callable, Sequence
 
 from .normalize import answer_key, asr_units, label_key
+from .results import Score
 
-
-@dataclass
-class Score:
-    """One number (`value`, in `unit`), the count it is over, and what else a reader needs (`details`)."""
-
-    metric: str
-    value: float
-    unit: str
-    count: int
-    details: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        return {"metric": self.metric, "value": self.value, "unit": self.unit, "count": self.count, **self.details}
+CHOICE_LETTERS = "ABCD"  # the option letters of a single-choice question (AIR-Bench Foundation)
 
 
 def edit_distance(ref: Sequence, hyp: Sequence) -> int:
@@ -142,15 +132,30 @@ def exact_match(references: Sequence[str], predictions: Sequence[str],
     return Score("exact", value, "", len(references), {"correct": correct, "language": _language_detail(languages)})
 
 
-def choice(rows: Sequence[dict]) -> Score:
-    """AIR-Bench Foundation single-choice accuracy (unparseable answers wrong and counted)."""
-    from .airbench import choice_accuracy
+def parse_choice(answer: str, choices: Sequence[str]) -> str | None:
+    """The chosen option's text: a leading letter ("B", "B.", "(B) ...", "Answer: B"), or exactly one option's text
+    inside the answer; None when neither says which."""
+    m = re.match(r"\s*(?:answer\s*(?:is)?\s*:?\s*)?\(?([A-D])\b", answer, flags=re.IGNORECASE)
+    if m:
+        index = CHOICE_LETTERS.index(m.group(1).upper())
+        if index < len(choices) and (m.group(1).isupper() or len(answer.strip()) <= 3):
+            return choices[index]
+    found = [c for c in choices if c and c.lower() in answer.lower()]
+    return found[0] if len(found) == 1 else None
 
-    return choice_accuracy(rows)
+
+def choice_accuracy(rows: Sequence[dict]) -> Score:
+    """AIR-Bench Foundation single-choice accuracy over prediction rows (`extra["choices"]` the options, `gt` the
+    right one's text); an answer that names no option is wrong, and counted as unparseable."""
+    parsed = [parse_choice(r["prediction"], r["extra"]["choices"]) for r in rows]
+    correct = sum(p is not None and p == r["gt"] for p, r in zip(parsed, rows))
+    return Score("accuracy", correct / len(rows) if rows else 0.0, "", len(rows),
+                 {"correct": correct, "unparseable": sum(p is None for p in parsed)})
 
 
 # "judge" (AIR-Bench chat) needs an endpoint, so the runner calls `airbench.judge_scores` for it.
-METRICS: dict[str, Callable[..., Score]] = {"wer": wer, "bleu": bleu, "accuracy": accuracy, "choice": choice}
+METRICS: dict[str, Callable[..., Score]] = {"wer": wer, "bleu": bleu, "accuracy": accuracy,
+                                             "choice": choice_accuracy}
 # The metrics a row of the synthetic corpus may name (its "metric" field; `--benchmark synth`).
 ROW_METRICS: dict[str, Callable[..., Score]] = {"wer": wer, "cer": cer, "bleu": bleu, "accuracy": label_accuracy,
                                                 "exact": exact_match}

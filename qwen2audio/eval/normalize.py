@@ -1,4 +1,4 @@
-"""ASR text normalisation of the official Qwen2-Audio evaluation (SPEC §6), written once here.
+"""ASR text normalisation of the official Qwen2-Audio evaluation, written once here.
 
 `asr_units(text, language)` is the whole per-utterance path of the official `evaluate_asr.py`:
 post-processing (`strip_tags`), then yue: Traditional→Simplified; en: Whisper's English normaliser; zh: the

@@ -3,8 +3,8 @@ CORPUS/test/dpo.jsonl): did DPO move the model towards the chosen answers?
 
 - Log-probabilities: each pair is encoded exactly as the DPO stage encodes it (`data.Encoder`, the chat template,
   the answer up to and including its `<|im_end|>`), collated by the training loader (chosen rows then rejected rows,
-  audio encoded once) and scored by the training forward (`train.model.TokenLogProbs`, summed by
-  `train.dpo.sequence_logps`). Reported: preference accuracy (the share of pairs whose chosen answer has the higher
+  audio encoded once) and scored by the training forward (`logprobs.TokenLogProbs`, summed by
+  `logprobs.sequence_logps`). Reported: preference accuracy (the share of pairs whose chosen answer has the higher
   summed log-probability), and the mean margin log π(chosen) - log π(rejected), summed and per token.
 - Outputs: the greedy answer to the same conversation (chat template, generation prompt) compared with both
   answers after `normalize.answer_key` (lower case, punctuation gone): the share equal to the chosen one, equal to
@@ -21,12 +21,18 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
+import torch
+from tqdm import tqdm
+
+from ..chat import model_processor
 from ..data import Batch, BatchLoader, Encoder, EncodedPair, Plan, Preference, RowRef, parse_row
-from ..files import atomic_write, atomic_write_json
-from .datasets import EvalItem, get_benchmark
-from .metrics import Score, edit_distance
+from ..logprobs import TokenLogProbs, batch_token_logps, sequence_logps, supervised_tokens
+from .benchmark import EvalItem
+from .datasets import get_benchmark
+from .metrics import edit_distance
 from .normalize import answer_key
-from .runner import MAX_NEW_TOKENS, LocalPredictor, Results, append_rows, read_predictions
+from .results import Results, Score, append_rows, predictions_path, read_predictions, write_results
+from .runner import MAX_NEW_TOKENS, LocalPredictor
 
 NAME = "preference"
 DEFAULT_GROUP = "dpo"
@@ -85,12 +91,6 @@ def pair_loader(model) -> BatchLoader:
 
 def pair_logps(model, loader: BatchLoader, pairs: Sequence[Pair]) -> list[dict]:
     """Summed log-probabilities and token counts of the chosen and rejected answers of each pair."""
-    import torch
-
-    from ..train.dpo import sequence_logps
-    from ..train.model import TokenLogProbs
-    from ..train.stage import forward, supervised_tokens
-
     batch: Batch = loader.load(Plan(0, [p.encoded for p in pairs]))
     dropped = [str(p.encoded.ref) for p in pairs if str(p.encoded.ref) not in batch.rows]
     if dropped:
@@ -99,7 +99,7 @@ def pair_logps(model, loader: BatchLoader, pairs: Sequence[Pair]) -> list[dict]:
         batch = replace(batch, input_features=batch.input_features.to(model.dtype))
     batch = batch.to(model.device)
     with torch.no_grad():
-        token_logps = forward(TokenLogProbs(model), batch)
+        token_logps = batch_token_logps(TokenLogProbs(model), batch)
     chosen, rejected = sequence_logps(token_logps, batch, average=False)
     tokens = supervised_tokens(batch.labels, batch.attention_mask).sum(-1).tolist()
     n = len(pairs)
@@ -169,15 +169,11 @@ def evaluate_preference(model, data: str | Path, out_dir: str | Path, limit: int
                         max_new_tokens: int = MAX_NEW_TOKENS, progress: bool = True) -> Results:
     """Score the pairs missing in `out_dir/preference.predictions.jsonl`, then write `preference.results.json` and
     `.md`."""
-    from tqdm import tqdm
-
-    from ..chat import model_processor
-
     model_processor(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     pairs = load_pairs(data, model.processor.tokenizer, limit)
-    path = out_dir / f"{NAME}.predictions.jsonl"
+    path = predictions_path(out_dir, NAME)
     done = read_predictions(path)
     todo = [p for p in pairs if p.id not in done]
     loader, predictor = pair_loader(model), LocalPredictor(model, max_new_tokens, style="chat")
@@ -194,6 +190,5 @@ def evaluate_preference(model, data: str | Path, out_dir: str | Path, limit: int
             bar.update(len(batch))
     scores = preference_scores([done[p.id] for p in pairs])
     results = Results(NAME, scores, len(todo), preference_table(scores), get_benchmark(NAME).published)
-    atomic_write_json(out_dir / f"{NAME}.results.json", results.as_dict())
-    atomic_write(out_dir / f"{NAME}.results.md", results.markdown.encode())
+    write_results(out_dir, results)
     return results

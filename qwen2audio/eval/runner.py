@@ -11,17 +11,22 @@ from __future__ import annotations
 
 import base64
 import io
-import json
-import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ..files import atomic_write, atomic_write_json
+import soundfile as sf
+import torch
+from tqdm import tqdm
+
+from ..audio import SAMPLE_RATE, load_audio
+from ..chat import load_messages, model_processor
 from ..transcribe import STYLES, prompt_style
-from .datasets import Benchmark, EvalItem, get_benchmark, load_items
-from .metrics import METRICS, Score
+from .airbench import judge_scores
+from .benchmark import Benchmark, EvalItem
+from .datasets import get_benchmark, load_items
+from .metrics import METRICS
+from .results import Results, Score, append_rows, predictions_path, read_predictions, write_results
 from .synthetic import score_synth, source_scores
 
 MAX_NEW_TOKENS = 256  # the official scripts' limit
@@ -50,9 +55,6 @@ class LocalPredictor:
 
     def inputs(self, items: Sequence[EvalItem]):
         """The left-padded model inputs of a batch, each item in its prompt style."""
-        from ..audio import SAMPLE_RATE, load_audio
-        from ..chat import load_messages, model_processor
-
         processor = model_processor(self.model)
         prompts, audios = [], []
         for item in items:
@@ -66,8 +68,6 @@ class LocalPredictor:
         return processor(text=prompts, audio=audios or None, sampling_rate=SAMPLE_RATE, padding_side="left")
 
     def __call__(self, items: Sequence[EvalItem]) -> list[str]:
-        import torch
-
         inputs = self.inputs(items)
         with torch.no_grad():
             sequences = self.model.generate(**inputs.to(self.model.device), max_new_tokens=self.max_new_tokens,
@@ -77,10 +77,6 @@ class LocalPredictor:
 
 
 def wav_bytes(audio) -> bytes:
-    import soundfile as sf
-
-    from ..audio import SAMPLE_RATE, load_audio
-
     buffer = io.BytesIO()
     sf.write(buffer, load_audio(audio), SAMPLE_RATE, format="WAV", subtype="PCM_16")
     return buffer.getvalue()
@@ -134,35 +130,7 @@ class ApiPredictor:
         return [self.complete(openai_messages(item.conversation()), self.max_new_tokens) for item in items]
 
 
-# -- the predictions file ----------------------------------------------------------------------------------------------
-def read_predictions(path: Path) -> dict[str, dict]:
-    """Finished rows by id; a torn last line (a killed run) is ignored and later rewritten."""
-    done = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[row["id"]] = row
-    return done
-
-
-def append_rows(path: Path, rows: list[dict]) -> None:
-    """Append whole lines and fsync: after a crash the file holds every finished batch."""
-    if path.exists() and path.stat().st_size:
-        with open(path, "rb") as f:
-            f.seek(-1, os.SEEK_END)
-            torn = f.read(1) != b"\n"
-    else:
-        torn = False
-    with open(path, "a", encoding="utf-8") as f:
-        f.write("\n" if torn else "")
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        f.flush()
-        os.fsync(f.fileno())
-
-
+# -- predicting ----------------------------------------------------------------------------------------------------
 DEFAULT_STYLE = "base"  # a prediction row without "prompt_style" was made with the base prompt
 
 
@@ -180,8 +148,6 @@ def predict(items: Sequence[EvalItem], predictor: Predictor, path: Path, batch_s
     done = read_predictions(path)
     todo = pending(items, done, predictor)
     style = getattr(predictor, "item_style", None)
-    from tqdm import tqdm
-
     bar = tqdm(total=len(items), initial=len(items) - len(todo), desc=desc, unit="item", disable=not progress,
                dynamic_ncols=True)
     for start in range(0, len(todo), batch_size):
@@ -204,8 +170,6 @@ def score_rows(b: Benchmark, rows: Sequence[dict], judge=None, out_dir: Path | N
     if b.metric == "row":
         return source_scores(rows)
     if b.metric == "judge":
-        from .airbench import judge_scores
-
         if judge is None:
             raise ValueError(f"{b.name} is scored by a judge: give one (CLI: --judge-api URL)")
         return judge_scores(rows, judge, Path(out_dir) / f"{b.name}.judge.jsonl")
@@ -244,26 +208,6 @@ def markdown_table(b: Benchmark, scores: dict[str, Score]) -> str:
     return "\n".join(lines) + "\n"
 
 
-@dataclass
-class Results:
-    benchmark: str
-    scores: dict[str, Score]
-    computed: int  # items predicted by this call (the rest came from the predictions file)
-    markdown: str
-    published: dict  # the report's numbers per source (paper, or (paper, after the HF conversion))
-    tasks: dict[str, Score] = field(default_factory=dict)  # pooled per task (the synthetic corpus)
-    prompt_styles: list[str] = field(default_factory=list)  # of a local model's predictions (synthetic corpus)
-
-    def as_dict(self) -> dict:
-        out = {"benchmark": self.benchmark, "scores": {k: s.as_dict() for k, s in self.scores.items()},
-               "published": {k: list(v) if isinstance(v, tuple) else v for k, v in self.published.items()}}
-        if self.tasks:
-            out["tasks"] = {k: s.as_dict() for k, s in self.tasks.items()}
-        if self.prompt_styles:
-            out["prompt_style"] = self.prompt_styles
-        return out
-
-
 def evaluate(benchmark: str | Benchmark, data: str | Path, predictor: Predictor, out_dir: str | Path,
              limit: int | None = None, batch_size: int = 8, progress: bool = True, judge=None) -> Results:
     """Predict what is missing in `out_dir/{name}.predictions.jsonl`, then write `{name}.results.json` and `.md`."""
@@ -271,7 +215,7 @@ def evaluate(benchmark: str | Benchmark, data: str | Path, predictor: Predictor,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     items = load_items(b, data, limit)
-    path = out_dir / f"{b.name}.predictions.jsonl"
+    path = predictions_path(out_dir, b.name)
     computed = len(pending(items, read_predictions(path), predictor))
     done = predict(items, predictor, path, batch_size=batch_size, progress=progress, desc=b.name)
     rows = [done[i.id] for i in items]
@@ -283,6 +227,5 @@ def evaluate(benchmark: str | Benchmark, data: str | Path, predictor: Predictor,
     else:
         scores = score_rows(b, rows, judge=judge, out_dir=out_dir)
         results = Results(b.name, scores, computed, markdown_table(b, scores), b.published)
-    atomic_write_json(out_dir / f"{b.name}.results.json", results.as_dict())
-    atomic_write(out_dir / f"{b.name}.results.md", results.markdown.encode())
+    write_results(out_dir, results)
     return results

@@ -1,18 +1,89 @@
-"""Scores of the synthetic corpus' test split (`--benchmark synth`): each row names its metric (`metrics.ROW_METRICS`:
-wer, cer, bleu, accuracy, exact); rows are scored per source and pooled per task (corpus WER/CER/BLEU over the
-task's items; the mean of its sources' BLEU where their targets need different sacrebleu tokenizers), and both go
-into one table."""
+"""The synthetic corpus' test split (`qwen2audio synth` -> `CORPUS/eval/`, `--benchmark synth`): its rows read into
+`EvalItem`s, and their scores. Each row names its metric (`metrics.ROW_METRICS`: wer, cer, bleu, accuracy, exact);
+rows are scored per source and pooled per task (corpus WER/CER/BLEU over the task's items; the mean of its sources'
+BLEU where their targets need different sacrebleu tokenizers), and both go into one table."""
 
 from __future__ import annotations
 
-from typing import Sequence
+import json
+from pathlib import Path
+from typing import Iterator, Sequence
 
-from .metrics import ROW_METRICS, Score, bleu, bleu_tokenizer
+from ..data.rows import AUDIO_TAG, Chat, parse_row
+from ..processor import audios_in_conversation
+from ..tokenizer import AUDIO_PLACEHOLDER, AUDIO_TOKEN
+from .benchmark import Benchmark, EvalItem, source_language
+from .metrics import ROW_METRICS, bleu, bleu_tokenizer
+from .results import Score
 
 ALL_SOURCES = "all"  # the source column of a task's pooled row
 NOTE_KEYS = ("outside_label_set", "tokenize", "note")
 
 
+# -- reading: CORPUS/eval/*.jsonl -> EvalItems ---------------------------------------------------------------------
+def _jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of a JSONL file; a line that is not a JSON object is a one-line error naming file:line."""
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{n}: not JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{n}: a row must be a JSON object")
+        yield n, row
+
+
+def _synth_task(source: str, language: str | None) -> str:
+    """The task of a row that does not name it: its source without "synth_" and the language suffix."""
+    task = source.removeprefix("synth_")
+    return task.removesuffix(f"_{language}") if language else task
+
+
+def synth_item(row: dict, base_dir: Path, default_id: str) -> EvalItem:
+    """One row of CORPUS/eval/*.jsonl (schema in the README). Rows of the older official form (`audio`, `source`,
+    `prompt`, `gt` only) are ASR rows scored by WER."""
+    missing = [k for k in ("audio", "source", "prompt", "gt") if k not in row]
+    if missing:
+        raise ValueError(f"missing {', '.join(missing)}")
+    metric = row.get("metric", "wer")
+    if metric not in ROW_METRICS:
+        raise ValueError(f"metric {metric!r}; use one of {', '.join(ROW_METRICS)}")
+    source, language = str(row["source"]), row.get("language") or source_language(str(row["source"]))
+    prompt = row["prompt"] if AUDIO_TOKEN in row["prompt"] else AUDIO_PLACEHOLDER + row["prompt"]
+    instruction = row.get("instruction")
+    if instruction is None:
+        instruction = prompt.replace(AUDIO_PLACEHOLDER, "")
+    messages = row.get("messages") or [{"role": "user", "content": AUDIO_TAG + instruction}]
+    # the chat rows of training (`parse_row`) turn <audio> tags into audio parts and resolve the paths
+    chat = parse_row({"messages": messages, "audios": row.get("audios") or [row["audio"]]}, base_dir)
+    if not isinstance(chat, Chat) or chat.messages[-1]["role"] != "user":
+        raise ValueError("'messages' must end with a user turn")
+    audios = audios_in_conversation(chat.messages)
+    if prompt.count(AUDIO_TOKEN) != len(audios):
+        raise ValueError(f"the prompt holds {prompt.count(AUDIO_TOKEN)} {AUDIO_TOKEN} but the item has "
+                         f"{len(audios)} audio(s)")
+    labels = row.get("labels") or []
+    extra = {"task": row.get("task") or _synth_task(source, language), "kind": row.get("kind"), "metric": metric,
+             "labels": list(labels)}
+    return EvalItem(str(row.get("id", default_id)), audios[0], source, prompt, str(row["gt"]), language,
+                    row.get("target") or "en", instruction, extra, chat.messages,
+                    tuple(audios) if len(audios) > 1 else ())
+
+
+def load_synth(b: Benchmark, root: Path) -> Iterator[EvalItem]:
+    """CORPUS/eval/: one JSONL per source (or one such file); audio paths relative to the file's folder."""
+    for path in [root] if root.is_file() else sorted(root.glob("*.jsonl")):
+        for n, row in _jsonl(path):
+            try:
+                item = synth_item(row, path.parent, f"{path.stem}:{n}")
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: {e}") from None
+            yield item
+
+
+# -- scoring -------------------------------------------------------------------------------------------------------
 def row_score(rows: Sequence[dict]) -> Score:
     """One score over `rows` (prediction rows sharing one metric), with the metric they name."""
     metric = rows[0]["extra"]["metric"]

@@ -1,4 +1,4 @@
-"""The audio encoder: Whisper's encoder with a 2x average pooling and a final LayerNorm (SPEC §1).
+"""The audio encoder: Whisper's encoder with a 2x average pooling and a final LayerNorm.
 
 Shapes: mel [B, n_mels, T] --conv1--> [B, d, T] --conv2 (stride 2)--> [B, d, T'] with T' = (T-1)//2 + 1
 --layers--> --avg-pool 2--> [B, T'//2, d] --layer_norm--> audio frames of 40 ms each.

@@ -1,4 +1,4 @@
-"""Typed configuration of Qwen2-Audio, read from and written to the Hugging Face `config.json` (SPEC §1-2).
+"""Typed configuration of Qwen2-Audio, read from and written to the Hugging Face `config.json`.
 
 Our field names are short and say what they are; `from_hf_dict`/`to_hf_dict` are the only places that know the
 Hugging Face names. Fields of config.json that we do not model are kept in `extra` and written back unchanged, so a

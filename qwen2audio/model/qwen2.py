@@ -1,4 +1,4 @@
-"""The Qwen2 decoder: RMSNorm, RoPE, grouped-query attention with q/k/v bias, SwiGLU (SPEC §1).
+"""The Qwen2 decoder: RMSNorm, RoPE, grouped-query attention with q/k/v bias, SwiGLU.
 
 Follows gpt-fast's layout; numerically it matches transformers' Qwen2Model line by line (RMSNorm in fp32, RoPE
 angles in fp32, rotate-half convention).

@@ -17,6 +17,7 @@ import json
 import logging
 import time
 from contextlib import asynccontextmanager
+from importlib.metadata import version
 from pathlib import Path
 
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
@@ -27,7 +28,6 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
 from ..transcribe import format_transcription
 from .config import ServeConfig
 from .engine import BatchEngine, Delta, Failed, Finished
@@ -64,7 +64,7 @@ def create_app(model, config: ServeConfig | None = None, compile: bool | None = 
         finally:
             engine.close()
 
-    app = FastAPI(title="qwen2audio", version=__version__, lifespan=lifespan, redoc_url=None,
+    app = FastAPI(title="qwen2audio", version=version("qwen2audio"), lifespan=lifespan, redoc_url=None,
                   description="Qwen2-Audio behind the OpenAI API: chat completions with audio, transcriptions, "
                               "translations.")
     app.state.engine, app.state.service, app.state.metrics = engine, service, metrics

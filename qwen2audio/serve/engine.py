@@ -9,8 +9,9 @@
 The KV cache's rows are slots (`generate.ContinuousBatch`). Between two decode steps the engine drops requests
 that were cancelled or ran past their deadline, prefills waiting requests into free rows (each with its own cache
 slots and positions, so a request's tokens do not depend on what else is decoded), then advances every row in use
-by one token in a single step. Sampling is per request (its own options, seed and torch.Generator, exactly as
-`Generator.stream` draws them), and so is the text: `streaming.IncrementalDecoder` (UTF-8 safe, stop strings).
+by one token in a single step. Sampling is per request (its own options and `generate.SamplerState`, the seeded
+generator and seen tokens that `Generator.stream` uses too), except that the greedy rows share one argmax; so is
+the text: `streaming.IncrementalDecoder` (UTF-8 safe, stop strings).
 The HTTP layer talks to the engine through `submit` (a bounded queue) and the sinks; nothing else touches the
 model while the engine runs.
 """
@@ -27,7 +28,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..generate import ContinuousBatch, GenerationConfig, sample
+from ..generate import ContinuousBatch, GenerationConfig, SamplerState
 from ..streaming import FINISH_LENGTH, FINISH_STOP, IncrementalDecoder, TokenBytes
 from .errors import ApiError, EngineStopped, QueueFull, Timeout
 
@@ -90,14 +91,9 @@ class _Running:
     request: Request
     row: int
     text: IncrementalDecoder
-    generator: torch.Generator | None
-    seen: torch.Tensor | None  # [V] tokens seen, for the repetition penalty
+    sampler: SamplerState  # one row: its seeded generator and seen tokens
     token_ids: list[int] = field(default_factory=list)
     steps: int = 0
-
-    @property
-    def greedy(self) -> bool:
-        return not self.request.config.do_sample and self.seen is None
 
 
 @dataclass
@@ -285,29 +281,23 @@ class BatchEngine:
         logits = self._batch.prefill(row, inputs)
         self.stats.prefills += 1
         self.stats.prompt_tokens += request.prompt_tokens
-        generator = None
-        if config.do_sample:
-            generator = torch.Generator(device=logits.device)
-            generator.manual_seed(config.seed if config.seed is not None else torch.seed())
-        seen = None
-        if config.repetition_penalty != 1.0:
-            seen = torch.zeros(logits.shape[-1], dtype=torch.bool, device=logits.device)
-            seen[inputs["input_ids"][0].to(logits.device)] = True
-        running = _Running(request, row, IncrementalDecoder(self._token_bytes, request.stop), generator, seen)
+        sampler = SamplerState(config, inputs["input_ids"], inputs.get("attention_mask"), logits.shape[-1],
+                               logits.device)
+        running = _Running(request, row, IncrementalDecoder(self._token_bytes, request.stop), sampler)
         self._running[row] = running
-        self._accept(running, self._sample(running, logits[None]))
+        self._accept(running, int(sampler.sample(logits[None])[0]))
 
     def _step(self) -> None:
         logits = self._batch.decode({row: r.token_ids[-1] for row, r in self._running.items()})
         rows = list(self._running.values())
-        greedy = [r for r in rows if r.greedy]
+        greedy = [r for r in rows if r.sampler.greedy]
         tokens = {}
         if greedy:  # one argmax (and one host sync) for every greedy row
             best = logits[[r.row for r in greedy]].argmax(-1).tolist()
             tokens.update(zip((r.row for r in greedy), best))
         for r in rows:
-            if not r.greedy:
-                tokens[r.row] = self._sample(r, logits[r.row:r.row + 1])
+            if not r.sampler.greedy:
+                tokens[r.row] = int(r.sampler.sample(logits[r.row:r.row + 1])[0])
         self.stats.decode_steps += 1
         self.stats.decode_rows += len(rows)
         self._recent.append((time.monotonic(), len(rows)))
@@ -316,18 +306,13 @@ class BatchEngine:
         for r in rows:
             self._accept(r, tokens[r.row])
 
-    def _sample(self, running: _Running, logits: torch.Tensor) -> int:
-        seen = None if running.seen is None else running.seen[None]
-        return int(sample(logits, running.request.config, seen, running.generator)[0])
-
     def _accept(self, running: _Running, token: int) -> None:
         """One new token of a request: its text, and whether it ends here (eos, stop string, max_new_tokens)."""
         config = running.request.config
         running.token_ids.append(token)
         running.steps += 1
         self.stats.generated_tokens += 1
-        if running.seen is not None:
-            running.seen[token] = True
+        running.sampler.accept([token])
         if token in config.eos_token_id:
             piece = running.text.finish(FINISH_STOP)
         else:

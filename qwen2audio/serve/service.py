@@ -1,6 +1,7 @@
 """What the endpoints do, below HTTP: turn a chat request into engine requests (audio under the server's policy,
 limits, the model's generation defaults, as `model.chat` builds them), follow their events, and run
-transcriptions window by window through the same engine (stitched as `transcribe.transcribe` does).
+transcriptions window by window through the same engine (stitched by `transcribe.transcription_from_windows`, as
+`transcribe.transcribe` does).
 
 Blocking work (decoding audio, log-mel features) runs in worker threads (`prepare_*`); the coroutines only wait.
 """
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from starlette.concurrency import run_in_threadpool
@@ -20,7 +21,7 @@ from ..generate import GenerationConfig
 from ..processor import ModelInputs, split_long_audio
 from ..streaming import check_stop
 from ..tokenizer import base_prompt, chat_task_prompt
-from ..transcribe import Segment, Transcription, clean_transcript, prompt_style, stitch, transcription_prompt
+from ..transcribe import Transcription, prompt_style, transcription_from_windows, transcription_prompt
 from .audio_sources import resolve_audio
 from .config import ServeConfig
 from .engine import BatchEngine, Delta, Failed, Finished, Request
@@ -203,9 +204,16 @@ class Service:
             inputs = self.processor(text=[prompt], audio=[wave[w.start:w.end]], sampling_rate=SAMPLE_RATE)
             return Prepared(inputs, config)
 
+        results = await self._run_windows(len(windows), prepare, client)
+        result = transcription_from_windows(windows, [r.text for r in results], language, len(wave) / SAMPLE_RATE)
+        return result, [r.token_ids for r in results]
+
+    async def _run_windows(self, n_windows: int, prepare: Callable[[int], Prepared], client) -> list[Finished]:
+        """Windows 0..n_windows-1 through the engine, WINDOWS_IN_FLIGHT at a time (the next one is prepared and
+        joins as one ends) -> their Finished events, in order; the first failure cancels the rest and raises."""
         job = Job(self)
-        results: list[Finished | None] = [None] * len(windows)
-        first = min(len(windows), WINDOWS_IN_FLIGHT)
+        results: list[Finished | None] = [None] * n_windows
+        first = min(n_windows, WINDOWS_IN_FLIGHT)
         job.submit([(i, p) for i, p in enumerate(await run_in_threadpool(lambda: [prepare(i) for i in range(first)]))])
         following = first
         try:
@@ -215,20 +223,13 @@ class Service:
                     raise event.error
                 if isinstance(event, Finished):
                     results[index] = event
-                    if following < len(windows):
+                    if following < n_windows:
                         await self._submit_when_room(job, following, await run_in_threadpool(prepare, following))
                         following += 1
         except BaseException:
             job.cancel()
             raise
-        segments, detected = [], []
-        for window, result in zip(windows, results):
-            text, tag = clean_transcript(result.text)
-            detected.append(tag)
-            segments.append(Segment(*window.seconds, text, window.at_pause))
-        found = language or next((tag for tag in detected if tag), None)
-        return (Transcription(stitch([s.text for s in segments]), found, len(wave) / SAMPLE_RATE, segments),
-                [r.token_ids for r in results])
+        return results
 
     async def _submit_when_room(self, job: Job, index: int, prepared: Prepared) -> None:
         """A later window of a transcription already under way waits for room in the queue instead of failing."""

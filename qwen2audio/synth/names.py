@@ -1,5 +1,5 @@
-"""People's names and places from Faker, one locale per language of the report, for the sentences of part B
-(synth/sentences.py). Each pool is a fixed number of Faker draws from a fixed seed, filtered to what the language's
+"""People's names and places from Faker, one locale per language of the report, for the sentences of
+synth/sentences.py. Each pool is a fixed number of Faker draws from a fixed seed, filtered to what the language's
 espeak-ng voice reads as written, deduplicated and sorted: fixed by the installed Faker alone, and drawn from with the
 item's own `random.Random` afterwards (Faker's generator is never used while items are rendered).
 

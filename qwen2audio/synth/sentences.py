@@ -1,4 +1,4 @@
-"""Sentences of part B beyond English: people and places (Faker, synth/names.py) in the report's eight languages,
+"""Sentences beyond English: people and places (Faker, synth/names.py) in the report's eight languages,
 French from the translation grammar's French side plus templates with num2words and Faker fr_FR, and small grammars
 of Japanese (written in kanji and kana, spoken from a kana reading) and Cantonese (Traditional characters, its own
 words: 喺 咗 嘅 唔). Mandarin sentences come from fortunes-zh (synth/fortunes.py).
@@ -18,7 +18,8 @@ from typing import Mapping, Sequence
 
 from . import names
 from .text import MAX_TRIES, SLOT, chinese_number, number_words, sentence_split
-from .translation import ADJECTIVES, NAMES as TRANSLATION_NAMES, NOUNS, PLACES, _fr_def, _fr_noun_phrase, random_pair
+from .translation import (ADJECTIVES, NAMES as TRANSLATION_NAMES, NOUNS, PLACES, french_definite, french_noun_phrase,
+                          random_pair)
 
 AGE_RANGE = (5, 90)  # ages said in words ("X is 23 years old")
 
@@ -148,12 +149,12 @@ FRENCH_COUNTS, FRENCH_HOURS, FRENCH_PRICES = range(2, 21), (*range(2, 21), 22, 2
 @lru_cache(maxsize=None)
 def french_slots() -> dict[str, tuple[tuple[str, str], ...]]:
     words = lambda numbers: _pairs([number_words(n, "fr") for n in numbers])  # noqa: E731
-    noun_phrases = [f"{'un' if n.fr_gender == 'm' else 'une'} {_fr_noun_phrase(n, a)}" for n in NOUNS
+    noun_phrases = [f"{'un' if n.fr_gender == 'm' else 'une'} {french_noun_phrase(n, a)}" for n in NOUNS
                     for a in ADJECTIVES]
     return {**name_slots("fr"), "count": words(FRENCH_COUNTS), "hour": words(FRENCH_HOURS),
             "price": words(FRENCH_PRICES), "date": words(range(2, 29)), "anp": _pairs(noun_phrases),
             "plural": _pairs([n.fr_plural for n in NOUNS]),
-            "room": _pairs([_fr_def(p.fr, p.fr_gender) for p in PLACES]),
+            "room": _pairs([french_definite(p.fr, p.fr_gender) for p in PLACES]),
             "day": _pairs(FRENCH_DAYS), "month": _pairs(FRENCH_MONTHS)}
 
 

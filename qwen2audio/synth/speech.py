@@ -23,8 +23,9 @@ from ..audio import SAMPLE_RATE
 ESPEAK = "espeak-ng"
 ESPEAK_VOICES = {"en": "en", "cmn": "cmn", "yue": "yue", "fr": "fr", "it": "it", "es": "es", "de": "de", "ja": "ja"}
 # espeak-ng 1.51's "cmn" voice reads most Han characters as their pinyin spelt out in English, tone digits included
-# ("jin one tian one" for 今天); "cmn-latn-pinyin" reads them as Mandarin. The families of part B speak Mandarin with
-# it (Voice.espeak_voice); the older families keep "cmn", so the corpora they make keep their bytes.
+# ("jin one tian one" for 今天); "cmn-latn-pinyin" reads them as Mandarin. The ASR-beyond-English, names and age
+# families speak Mandarin with it (Voice.espeak_voice); the others keep "cmn", so their audio (and a corpus of them
+# alone) does not change when families are added.
 HANZI_VOICES = {"cmn": "cmn-latn-pinyin"}
 MALE_VARIANTS = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "m8")
 FEMALE_VARIANTS = ("f1", "f2", "f3", "f4", "f5")

@@ -358,7 +358,7 @@ def make_voice_chat(d: Draw) -> Item:
     """A spoken arithmetic question, sometimes over background noise, answered in text (the voice-chat mode) by
     restating the question heard, then its result. Trained so that the result comes from the restated text, never
     from the audio: a result learnt from the audio is memorised per training question and held-out questions stay
-    unanswered (README, "Spoken arithmetic"). So the result is left out of the SFT loss; a decoy answer to the same
+    unanswered. So the result is left out of the SFT loss; a decoy answer to the same
     audio restates another question (no loss) and gives that one's result (loss): a result read from the audio is
     wrong there; the facts themselves are text rows (arithmetic_text_rows); stage 1 transcribes the question."""
     a, name, b = arithmetic_question(d.py, d.split)
@@ -462,7 +462,7 @@ def _load_fortunes(languages: tuple[str, ...]) -> None:
             fortune_sentences(language)
 
 
-# -- part B: ASR beyond English, names and places, age ---------------------------------------------------------------
+# -- ASR beyond English, names and places, age ----------------------------------------------------------------------
 CHARACTER_SCRIPTS = ("cmn", "yue", "ja")  # written without spaces: a wrong transcript drops a character, not a word
 FAKER = "py:faker"
 NUM2WORDS = "py:num2words"

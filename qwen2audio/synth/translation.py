@@ -123,7 +123,7 @@ class Pair:
     references: dict[str, str]
 
 
-def _fr_def(word: str, gender: str) -> str:
+def french_definite(word: str, gender: str) -> str:
     return f"l'{word}" if word.startswith(VOWELS) else f"{'le' if gender == 'm' else 'la'} {word}"
 
 
@@ -132,7 +132,7 @@ def _fr_to(word: str, gender: str) -> str:
     return f"à l'{word}" if word.startswith(VOWELS) else (f"au {word}" if gender == "m" else f"à la {word}")
 
 
-def _fr_noun_phrase(noun: Noun, adj: Adjective, plural: bool = False) -> str:
+def french_noun_phrase(noun: Noun, adj: Adjective, plural: bool = False) -> str:
     form = adj.fr[(2 if plural else 0) + (noun.fr_gender == "f")]
     word = noun.fr_plural if plural else noun.fr
     return f"{form} {word}" if adj.fr_before else f"{word} {form}"
@@ -150,7 +150,7 @@ def _render(template: str, rng: random.Random) -> Pair:
     name = rng.choice(sorted(NAMES))
     if template == "is_adj":
         out = (f"the {noun.en} is {adj.en}", f"{noun.zh}{adj.zh_pred}",
-               f"{_fr_def(noun.fr, noun.fr_gender)} est {adj.fr[noun.fr_gender == 'f']}",
+               f"{french_definite(noun.fr, noun.fr_gender)} est {adj.fr[noun.fr_gender == 'f']}",
                f"{DE_ARTICLES['nom'][noun.de_gender]} {noun.de} ist {adj.de}")
     elif template == "are_adj":
         noun = rng.choice([n for n in NOUNS if n.en_plural])
@@ -164,7 +164,7 @@ def _render(template: str, rng: random.Random) -> Pair:
         if template == "has_a":
             g = noun.de_gender
             out = (f"{en} a {adj.en} {noun.en}", f"{zh}一{noun.measure}{adj.zh_attr}{noun.zh}",
-                   f"{fr} {'un' if noun.fr_gender == 'm' else 'une'} {_fr_noun_phrase(noun, adj)}",
+                   f"{fr} {'un' if noun.fr_gender == 'm' else 'une'} {french_noun_phrase(noun, adj)}",
                    f"{de} {DE_ARTICLES['indef_acc'][g]} {adj.de}{DE_INDEF_ACC_ENDING[g]} {noun.de}")
         else:
             noun = rng.choice([n for n in NOUNS if n.en_plural])
@@ -173,15 +173,15 @@ def _render(template: str, rng: random.Random) -> Pair:
                    f"{fr} {n_fr} {noun.fr_plural}", f"{de} {n_de} {noun.de_plural}")
     elif template == "is_in":
         out = (f"the {noun.en} is in the {place.en}", f"{noun.zh}在{place.zh}里",
-               f"{_fr_def(noun.fr, noun.fr_gender)} est dans {_fr_def(place.fr, place.fr_gender)}",
+               f"{french_definite(noun.fr, noun.fr_gender)} est dans {french_definite(place.fr, place.fr_gender)}",
                f"{DE_ARTICLES['nom'][noun.de_gender]} {noun.de} ist {DE_ARTICLES['in'][place.de_gender]} {place.de}")
     elif template == "adj_is_in":
         g = noun.fr_gender
         article = "l'" if adj.fr_before and adj.fr[g == "f"].startswith(VOWELS) else ("le " if g == "m" else "la ")
-        fr_np = _fr_noun_phrase(noun, adj)
-        fr_np = f"{article}{fr_np}" if adj.fr_before else _fr_def(noun.fr, g) + " " + adj.fr[g == "f"]
+        fr_np = french_noun_phrase(noun, adj)
+        fr_np = f"{article}{fr_np}" if adj.fr_before else french_definite(noun.fr, g) + " " + adj.fr[g == "f"]
         out = (f"the {adj.en} {noun.en} is in the {place.en}", f"{adj.zh_attr}{noun.zh}在{place.zh}里",
-               f"{fr_np} est dans {_fr_def(place.fr, place.fr_gender)}",
+               f"{fr_np} est dans {french_definite(place.fr, place.fr_gender)}",
                f"{DE_ARTICLES['nom'][noun.de_gender]} {adj.de}e {noun.de} ist "
                f"{DE_ARTICLES['in'][place.de_gender]} {place.de}")
     elif template == "going":

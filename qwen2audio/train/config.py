@@ -204,49 +204,25 @@ def from_dict(cls, raw: Any, where: str = ""):
 
 
 def _convert(tp, value: Any, where: str):
+    """`value` (from YAML or the command line) as the annotation `tp` says, or a ValueError naming `where`."""
     origin = get_origin(tp)
     if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(arg, value, where)
-            except ValueError as e:
-                errors.append(str(e))
-        raise ValueError(errors[0])
+        return _convert_union(get_args(tp), value, where)
     if origin is list:
-        (item,) = get_args(tp)
-        if not isinstance(value, list):
-            value = [value] if item is SourceConfig and isinstance(value, (dict, str)) else value
-        if not isinstance(value, list):
-            raise ValueError(f"{where}: expected a list, got {value!r}")
-        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return _convert_list(get_args(tp)[0], value, where)
     if origin is Literal:
         if value not in get_args(tp):
             raise ValueError(f"{where}: expected one of {get_args(tp)}, got {value!r}")
         return value
     if dataclasses.is_dataclass(tp):
-        if tp is SourceConfig and isinstance(value, str):
-            value = {"path": value}
-        if tp is PartConfig and isinstance(value, str):
-            value = {"mode": value}
-        return from_dict(tp, value, where)
+        shorthand = {SourceConfig: "path", PartConfig: "mode"}.get(tp)  # `- data.jsonl`, `lm: lora`
+        return from_dict(tp, {shorthand: value} if shorthand and isinstance(value, str) else value, where)
     if tp is bool:
         if isinstance(value, bool):
             return value
         raise ValueError(f"{where}: expected true or false, got {value!r}")
     if tp in (int, float):
-        if isinstance(value, bool):
-            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
-        try:
-            converted = tp(value) if tp is float else int(str(value), 10) if isinstance(value, str) else value
-        except (TypeError, ValueError):
-            converted = None
-        if tp is int and not isinstance(converted, int) or converted is None:
-            raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
-        return converted
+        return _convert_number(tp, value, where)
     if tp is str:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)
@@ -256,6 +232,38 @@ def _convert(tp, value: Any, where: str):
     if tp is Any:
         return value
     raise TypeError(f"{where}: unsupported annotation {tp}")
+
+
+def _convert_union(args: tuple, value: Any, where: str):
+    if value is None and type(None) in args:
+        return None
+    errors = []
+    for arg in (a for a in args if a is not type(None)):
+        try:
+            return _convert(arg, value, where)
+        except ValueError as e:
+            errors.append(str(e))
+    raise ValueError(errors[0])
+
+
+def _convert_list(item, value: Any, where: str) -> list:
+    if not isinstance(value, list) and item is SourceConfig and isinstance(value, (dict, str)):
+        value = [value]  # one source given alone
+    if not isinstance(value, list):
+        raise ValueError(f"{where}: expected a list, got {value!r}")
+    return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+
+
+def _convert_number(tp, value: Any, where: str):
+    if isinstance(value, bool):
+        raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
+    try:
+        converted = tp(value) if tp is float else int(str(value), 10) if isinstance(value, str) else value
+    except (TypeError, ValueError):
+        converted = None
+    if tp is int and not isinstance(converted, int) or converted is None:
+        raise ValueError(f"{where}: expected {tp.__name__}, got {value!r}")
+    return converted
 
 
 def to_yaml(config: TrainConfig) -> str:

@@ -1,4 +1,4 @@
-"""Stage 3, direct preference optimisation (SPEC §5.3).
+"""Stage 3, direct preference optimisation.
 
 Chosen and rejected answers run in one forward (the batch holds the chosen rows, then the rejected ones, sharing
 their audio, encoded once). Sequence log-probabilities are summed over the answer tokens; the reference gives the
@@ -20,22 +20,14 @@ import torch
 import torch.nn.functional as F
 
 from ..data import Batch
+from ..logprobs import batch_token_logps, sequence_logps, supervised_tokens
 from .config import DPOConfig
-from .stage import Stage, Term, forward, supervised_tokens
+from .stage import Stage, Term
 
 
 def counts(batch: Batch) -> dict[str, int]:
     n = batch.n_samples
     return {"pairs": n, "chosen_tokens": int(supervised_tokens(batch.labels[:n], batch.attention_mask[:n]).sum())}
-
-
-def sequence_logps(token_logps: torch.Tensor, batch: Batch, average: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed (or per-token averaged) answer log-probs of the chosen and the rejected rows."""
-    n = batch.n_samples
-    total = token_logps.sum(-1)
-    if average:
-        total = total / supervised_tokens(batch.labels, batch.attention_mask).sum(-1).clamp(min=1)
-    return total[:n], total[n:2 * n]
 
 
 def preference_loss(h: torch.Tensor, config: DPOConfig) -> torch.Tensor:
@@ -77,7 +69,7 @@ class PrecomputedReference:
 
 def loss(module, batch: Batch, config: DPOConfig, reference: Reference):
     average = config.loss == "ipo"
-    token_logps = forward(module, batch)
+    token_logps = batch_token_logps(module, batch)
     chosen, rejected = sequence_logps(token_logps, batch, average)
     with torch.no_grad():
         ref_chosen, ref_rejected = reference(batch, average)

@@ -27,6 +27,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from ..api import Qwen2AudioForConditionalGeneration
 from ..data import Batch, BatchLoader, Encoder, Planner, make_dataloader
 from ..files import atomic_write
+from ..logprobs import IdleAudio, TokenLogProbs, batch_token_logps
 from . import dpo, pretrain, sft
 from .checkpointing import clean_partial, latest_checkpoint, load_checkpoint, load_model_weights, save_checkpoint
 from .config import PRECISIONS, TrainConfig, to_yaml
@@ -35,9 +36,8 @@ from .distributed import (Dist, all_reduce_sum, barrier, broadcast_object, init_
 from .encoder_cache import prepare_encoder_cache
 from .lora import adapters_disabled, lora_scalings, merge_lora_state_dict
 from .metrics import MetricsWriter
-from .model import (TokenLogProbs, auto_precision, has_only_adapters_trainable, part_of, prepare,
-                    trainable_counts)
-from .stage import Stage, forward
+from .model import auto_precision, has_only_adapters_trainable, part_of, prepare, trainable_counts
+from .stage import Stage
 
 HISTORY_KEPT = 10_000  # metric lines kept in memory (all of them go to metrics.jsonl)
 # On a CPU, PyTorch's flash-attention kernel is slower than plain matmul + softmax ("math") over short sequences
@@ -116,35 +116,30 @@ def param_groups(model: torch.nn.Module, config: TrainConfig) -> list[dict[str, 
 
 
 # -- setup ---------------------------------------------------------------------------------------------------------
+def idle_audio_for(d: Dist, encoder_cached: bool) -> IdleAudio:
+    """What a batch without audio runs at zero weight: nothing in one process; with several, the audio modules that
+    train (the projector alone when the encoder's outputs are cached)."""
+    if d.world_size == 1:
+        return IdleAudio.SKIP
+    return IdleAudio.PROJECTOR if encoder_cached else IdleAudio.ENCODER
+
+
 def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None = None) -> Run:
     """Everything a run needs. `resume`: True = the latest checkpoint in out_dir (if any), or a checkpoint path."""
-    if not resume and (previous := latest_checkpoint(Path(config.out_dir) / "checkpoints")) is not None:
-        # a new run would write its step-N over the old run's, and its metrics after the old ones
-        raise FileExistsError(f"{config.out_dir} already holds a run's checkpoints (latest {previous.name}): pass "
-                              "--resume to continue that run, or out_dir=ANOTHER_DIR (or delete the folder) to "
-                              "start a new one")
+    out = Path(config.out_dir)
+    path = checkpoint_to_resume(out, resume)
     d = init_distributed(config.distributed, config.device)
     if config.train.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
-    parts = config.model.parts()
-    if not any(p.mode != "frozen" for p in parts.values()):
+    if not any(p.mode != "frozen" for p in config.model.parts().values()):
         raise ValueError("nothing trains: set model.audio_encoder/projector/lm mode to full or lora")
     want_copy = config.stage == "dpo" and _reference_kind(config) == "copy"
     prepared = prepare(config.model, config.train.seed, reference_copy=want_copy)
     model = prepared.model
-    out = Path(config.out_dir)
-    path = latest_checkpoint(out / "checkpoints") if resume is True else Path(resume) if resume else None
-    precision_note = ""
-    if config.model.precision == "auto":  # resolved once, by the first process, before anything reads it
-        # a resumed run keeps what it started with: a new measurement (on a busy machine it can come out the other
-        # way) would change the numerics mid-run and the encoder cache's key with them
-        recorded = _recorded_precision(path) if path is not None else None
-        config.model.precision = recorded or broadcast_object(auto_precision(model.config.text.dim, d.device), d)
-        precision_note = " (auto: as when this run started)" if recorded else " (auto: measured here)"
+    precision_note = resolve_precision(config, model, d, path)
     writer = MetricsWriter(out, enabled=d.is_main, tensorboard=config.logging.tensorboard)
     encoder_cache = prepare_encoder_cache(config, model, d, writer.note)  # before sharding: the whole encoder runs
-    module = TokenLogProbs(model)
-    module.keep_encoder_in_graph = d.world_size > 1 and ("projector" if encoder_cache else True)
+    module = TokenLogProbs(model, idle_audio_for(d, encoder_cached=encoder_cache is not None))
     if d.strategy != "fsdp":
         module.to(d.device)
     module = wrap(module, d, shard_layers(model))
@@ -153,13 +148,7 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
         compile_decoder(model, d, writer.note)
     stage = dpo.make_stage(config.dpo, reference) if config.stage == "dpo" else \
         {"pretrain": pretrain.STAGE, "sft": sft.STAGE}[config.stage]
-
-    optimizer = torch.optim.AdamW(param_groups(model, config), lr=config.optim.lr, betas=tuple(config.optim.betas),
-                                  eps=config.optim.eps)
-    o = config.optim
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
-        lr_factor, warmup=o.warmup_steps, max_steps=config.train.max_steps, min_ratio=o.min_lr_ratio))
-
+    optimizer, scheduler = make_optimizer(model, config)
     encoder, batch_loader, planner = build_data(config, stage, prepared.processor.tokenizer, model, d,
                                                 encoder_cache)
     if d.is_main:
@@ -173,13 +162,49 @@ def setup(config: TrainConfig, hooks: list[Hook] = (), resume: str | bool | None
     if path is not None:
         resume_from(run, path)
     if d.is_main:
-        counts = trainable_counts(model)
-        run.writer.note(f"stage {config.stage}, {d.world_size} process(es) ({d.strategy}) on {d.device}, "
-                        f"precision {config.model.precision}{precision_note}; "
-                        "trainable parameters: "
-                        + ", ".join(f"{k} {v:,}" for k, v in counts.items())
-                        + (f"; resumed from {path} at step {run.step}" if path else ""))
+        run.writer.note(run_summary(run, precision_note, path))
     return run
+
+
+def checkpoint_to_resume(out: Path, resume: str | bool | None) -> Path | None:
+    """The checkpoint a run resumes from, if any; refuses to start a new run over an old run's checkpoints."""
+    if not resume and (previous := latest_checkpoint(out / "checkpoints")) is not None:
+        # a new run would write its step-N over the old run's, and its metrics after the old ones
+        raise FileExistsError(f"{out} already holds a run's checkpoints (latest {previous.name}): pass "
+                              "--resume to continue that run, or out_dir=ANOTHER_DIR (or delete the folder) to "
+                              "start a new one")
+    return latest_checkpoint(out / "checkpoints") if resume is True else Path(resume) if resume else None
+
+
+def resolve_precision(config: TrainConfig, model, d: Dist, resume_path: Path | None) -> str:
+    """Turn `precision: auto` into a precision, once, by the first process, before anything reads it; returns a
+    note for the log ("" when the precision was given)."""
+    if config.model.precision != "auto":
+        return ""
+    # a resumed run keeps what it started with: a new measurement (on a busy machine it can come out the other way)
+    # would change the numerics mid-run and the encoder cache's key with them
+    recorded = _recorded_precision(resume_path) if resume_path is not None else None
+    config.model.precision = recorded or broadcast_object(auto_precision(model.config.text.dim, d.device), d)
+    return " (auto: as when this run started)" if recorded else " (auto: measured here)"
+
+
+def make_optimizer(model, config: TrainConfig):
+    """AdamW over the trainable parameter groups, and its warm-up + cosine schedule."""
+    o = config.optim
+    optimizer = torch.optim.AdamW(param_groups(model, config), lr=o.lr, betas=tuple(o.betas), eps=o.eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(
+        lr_factor, warmup=o.warmup_steps, max_steps=config.train.max_steps, min_ratio=o.min_lr_ratio))
+    return optimizer, scheduler
+
+
+def run_summary(run: Run, precision_note: str, resumed_from: Path | None) -> str:
+    """The log's first line: stage, processes, device, precision and what trains."""
+    config, d = run.config, run.dist
+    counts = trainable_counts(run.model)
+    return (f"stage {config.stage}, {d.world_size} process(es) ({d.strategy}) on {d.device}, "
+            f"precision {config.model.precision}{precision_note}; trainable parameters: "
+            + ", ".join(f"{k} {v:,}" for k, v in counts.items())
+            + (f"; resumed from {resumed_from} at step {run.step}" if resumed_from else ""))
 
 
 def has_cxx_compiler() -> bool:
@@ -260,15 +285,14 @@ def _reference(config: TrainConfig, module, copy_model, d: Dist):
             raise ValueError("dpo.reference lora_disabled needs every trained weight to be a LoRA adapter")
         def run_base(batch):
             with adapters_disabled(module):
-                return forward(module, batch)
+                return batch_token_logps(module, batch)
         return dpo.model_reference(run_base)
-    ref = TokenLogProbs(copy_model)
-    ref.keep_encoder_in_graph = d.world_size > 1
+    ref = TokenLogProbs(copy_model, idle_audio_for(d, encoder_cached=False))
     if d.strategy == "fsdp":
         wrap(ref, d, shard_layers(copy_model))
     else:
         ref.to(d.device)
-    return dpo.model_reference(lambda batch: forward(ref, batch))
+    return dpo.model_reference(lambda batch: batch_token_logps(ref, batch))
 
 
 def precompute_reference(run: Run, reference: dpo.PrecomputedReference) -> None:
@@ -277,7 +301,7 @@ def precompute_reference(run: Run, reference: dpo.PrecomputedReference) -> None:
     with torch.no_grad():
         for batch in _in_step(run, run.config.data.train):
             with run.autocast():
-                reference.add(batch, forward(run.module, batch), average)
+                reference.add(batch, batch_token_logps(run.module, batch), average)
     if run.dist.world_size > 1:
         tables = [None] * run.dist.world_size
         torch.distributed.all_gather_object(tables, reference.table)
@@ -334,7 +358,7 @@ def clip_gradients(run: Run) -> float:
 
 def fit(run: Run) -> deque:
     """Train to max_steps from wherever the run stands; returns the latest metric lines."""
-    cfg, d = run.config, run.dist
+    cfg = run.config
     stream = batches(run)
     progress = run.writer.progress(cfg.train.max_steps, run.step, enabled=cfg.logging.progress)
     try:

@@ -1,10 +1,5 @@
-"""What trains: the model loaded and prepared (frozen parts, LoRA, precision, gradient checkpointing), and the
-module that the loop runs, shards and differentiates.
-
-`TokenLogProbs` turns a batch into the log-probability of every supervised label token. Only the positions that
-carry a label go through the LM head, so the [tokens, vocab] logits of the prompt (and of the audio frames) are
-never materialised: with a 156k vocabulary that is most of the activation memory of a long prompt.
-"""
+"""What trains: the model loaded and prepared (frozen parts, LoRA, precision, gradient checkpointing). The module
+that the loop runs, shards and differentiates is `logprobs.TokenLogProbs` around it."""
 
 from __future__ import annotations
 
@@ -19,60 +14,12 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from ..api import Qwen2AudioForConditionalGeneration
-from ..model import IGNORE_INDEX, Qwen2Audio, Qwen2AudioConfig
-from ..model.qwen2 import causal_padding_mask
+from ..model import Qwen2Audio, Qwen2AudioConfig
 from ..processor import Processor
 from .config import ModelConfig, PARTS
 from .lora import apply_lora
 
 INIT_STD = 0.02  # normal init of a preset's weights (smoke runs only; real runs start from a checkpoint)
-
-
-class TokenLogProbs(nn.Module):
-    """batch -> log p(label) at each supervised position [R, T-1] (0 elsewhere): the one forward of every stage."""
-
-    def __init__(self, model: Qwen2Audio):
-        super().__init__()
-        self.model = model
-        self.keep_encoder_in_graph = False  # distributed runs: run the encoder even without audio (see forward);
-        #                                     "projector": only the projector (the encoder's outputs are cached)
-
-    def forward(self, input_ids, attention_mask, labels, input_features=None, feature_attention_mask=None,
-                audio_repeat: int = 1, audio_frames=None) -> torch.Tensor:
-        """audio_frames: the audio encoder's outputs, cached (`data.encoder_cache`), in place of input_features."""
-        m = self.model
-        embeds = m.decoder.embed_tokens(input_ids)  # [R, T, dim]
-        if audio_frames is not None:
-            projector_dtype = m.projector.linear.weight.dtype  # under autocast the Linear casts to bf16 as before
-            audio = m.projector(audio_frames.to(projector_dtype)).repeat(audio_repeat, 1)
-            is_audio = (input_ids == m.config.audio_token_id)[..., None]
-            if audio.shape[0] != int(is_audio.sum()):
-                raise ValueError(f"the batch holds {int(is_audio.sum())} <|AUDIO|> tokens but its cached audio "
-                                 f"gives {audio.shape[0]} frames")
-            embeds = embeds.masked_scatter(is_audio, audio.to(embeds.dtype))
-        elif input_features is not None:
-            audio = m.encode_audio(input_features, feature_attention_mask).repeat(audio_repeat, 1)
-            is_audio = (input_ids == m.config.audio_token_id)[..., None]
-            if audio.shape[0] != int(is_audio.sum()):
-                raise ValueError(f"the batch holds {int(is_audio.sum())} <|AUDIO|> tokens but its audio gives "
-                                 f"{audio.shape[0]} frames")
-            embeds = embeds.masked_scatter(is_audio, audio.to(embeds.dtype))
-        elif self.keep_encoder_in_graph == "projector":  # the encoder's outputs are cached: it never runs
-            silent = torch.zeros(1, m.config.audio.dim, device=embeds.device, dtype=m.projector.linear.weight.dtype)
-            embeds = embeds + 0.0 * m.projector(silent).sum()
-        elif self.keep_encoder_in_graph:
-            # every process must run the same sharded modules, and DDP wants a gradient for every trainable
-            # weight: a batch without audio runs the encoder on three silent frames, at zero weight
-            n_mels = m.config.audio.n_mels
-            silent = torch.zeros(1, n_mels, 3, device=embeds.device, dtype=embeds.dtype)
-            embeds = embeds + 0.0 * m.encode_audio(silent, torch.ones(1, 3, device=embeds.device)).sum()
-        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # real tokens only: padding side is moot
-        hidden = m.decoder(embeds, positions, causal_padding_mask(attention_mask))
-        target = labels[:, 1:].masked_fill(attention_mask[:, 1:] == 0, IGNORE_INDEX)  # token t predicts t+1
-        selected = target != IGNORE_INDEX
-        logits = m.decoder.logits(hidden[:, :-1][selected]).float()  # [n_supervised, vocab]
-        logp = -F.cross_entropy(logits, target[selected], reduction="none")
-        return torch.zeros(target.shape, dtype=logp.dtype, device=logp.device).masked_scatter(selected, logp)
 
 
 @dataclass
@@ -93,8 +40,8 @@ AUTO_PRECISION_MARGIN = 0.8  # bf16 autocast is chosen only when it takes under 
 def auto_precision(dim: int, device: torch.device, rows: int = 2048, repeats: int = 5, warmup: int = 3) -> str:
     """What `precision: auto` becomes: bf16-mixed on a GPU that has bf16; on a CPU, whichever of bf16 autocast and
     fp32 runs a linear layer of the model's width (forward and backward, as a training step does) faster here.
-    CPUs differ: with AMX bf16 is several times fp32; with AVX-512 BF16 alone it can be half of it (a full demo-model
-    stage 1 on such a VM: 1.45 steps/s in bf16-mixed, 2.4 in 32-true), so only a measurement can choose."""
+    CPUs differ: with AMX bf16 is several times fp32; with AVX-512 BF16 alone it can be half of it (demo-model stage
+    1: 1.45 steps/s in bf16-mixed against 2.4 in 32-true), so only a measurement can choose."""
     if device.type == "cuda":
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "32-true"
     if device.type != "cpu":
@@ -111,7 +58,7 @@ def auto_precision(dim: int, device: torch.device, rows: int = 2048, repeats: in
         return time.perf_counter() - start
 
     # Both warmed up, then timed in turn: a fresh process' first bf16 calls are slow (kernels made per shape), and
-    # the machine's load drifts; timed one after the other, a probe on an AMX VM chose fp32 where bf16 is ~2x
+    # the machine's load drifts: timed one after the other, an AMX CPU can pick fp32 where bf16 is ~2x faster
     best = {True: float("inf"), False: float("inf")}
     for i in range(repeats + warmup):
         for autocast in (True, False):

@@ -4,7 +4,8 @@ averaged over all supervised tokens of the optimizer step."""
 from __future__ import annotations
 
 from ..data import Batch
-from .stage import Stage, Term, forward, supervised_tokens
+from ..logprobs import batch_token_logps, supervised_tokens
+from .stage import Stage, Term
 
 
 def counts(batch: Batch) -> dict[str, int]:
@@ -12,7 +13,7 @@ def counts(batch: Batch) -> dict[str, int]:
 
 
 def loss(module, batch: Batch):
-    nll = -forward(module, batch).sum()
+    nll = -batch_token_logps(module, batch).sum()
     return {"loss": Term(nll, "tokens")}, {}
 
 

@@ -13,7 +13,6 @@ from typing import Callable
 import torch
 
 from ..data import Batch
-from ..model import IGNORE_INDEX
 
 
 @dataclass
@@ -30,13 +29,3 @@ class Stage:
     loss: Callable  # (module, batch) -> (dict[str, Term], dict[str, tuple[float-tensor sum, unit]])
     preference_data: bool = False  # rows must be preference pairs
     task_prompt_format: str = "chat"  # how task rows are laid out when data.prompt_format is auto
-
-
-def supervised_tokens(labels: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[R, T-1] bool: the positions whose next token carries loss (as TokenLogProbs selects them)."""
-    return (labels[:, 1:] != IGNORE_INDEX) & (attention_mask[:, 1:] != 0)
-
-
-def forward(module, batch: Batch) -> torch.Tensor:
-    return module(batch.input_ids, batch.attention_mask, batch.labels, batch.input_features,
-                  batch.feature_attention_mask, batch.audio_repeat, batch.audio_frames)

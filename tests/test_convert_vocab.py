@@ -1,7 +1,8 @@
-"""`qwen2audio trim-vocab`: a random tiny checkpoint trimmed to a small corpus tokenizes the corpus into the same
-token strings as the full tokenizer, still round-trips any text, loads in transformers with equal tokenization,
-logits and greedy output, and its logits are the full model's at the kept rows."""
+"""`qwen2audio trim-vocab` (convert/vocab.py): a random tiny checkpoint trimmed to a small corpus tokenizes the
+corpus into the same token strings as the full tokenizer, still round-trips any text, loads in transformers with
+equal tokenization, logits and greedy output, and its logits are the full model's at the kept rows."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -9,12 +10,13 @@ import pytest
 import torch
 
 from conftest import make_hf_model
-from test_build import run_cli
 from qwen2audio import load
 from qwen2audio.checkpoint import CheckpointError
-from qwen2audio.data.rows import parse_row
+from qwen2audio.convert.vocab import (PAD_MULTIPLE, RecordingTokenizer, encode_sample, fixed_texts, instruction_choices,
+                                      trim_vocabulary)
+from qwen2audio.data.rows import TaskRow, parse_row
 from qwen2audio.tokenizer import AUDIO_PLACEHOLDER, SPECIAL_TOKENS
-from qwen2audio.vocab import PAD_MULTIPLE, _RecordingTokenizer, encode_sample, fixed_texts, trim_vocabulary
+from test_convert_build import run_cli
 
 TOL = 1e-4
 PRETRAIN = [
@@ -79,11 +81,11 @@ def trimmed(request, tiny_checkpoint, untied_checkpoint, corpus, tmp_path_factor
 
 def corpus_texts(tokenizer, corpus):
     """Every text the training pipeline encodes for the corpus (and the fixed texts)."""
-    recorder = _RecordingTokenizer(tokenizer)
+    recorder = RecordingTokenizer(tokenizer)
     for path in corpus:
         for line in path.read_text().splitlines():
             encode_sample(recorder, parse_row(json.loads(line), path.parent))
-    return list(recorder._seen) + fixed_texts()
+    return recorder.texts + fixed_texts()
 
 
 def test_corpus_tokenizes_into_the_same_strings(trimmed, corpus):
@@ -199,10 +201,10 @@ def test_bad_inputs_are_named(tiny_checkpoint, corpus, tmp_path):
 
 
 def test_chat_transcribe_and_training_use_the_trimmed_ids(tiny_checkpoint, tmp_path):
-    """Item 4 of issue 9: nothing reads Qwen2-Audio's constant ids. On a trimmed checkpoint (its <|im_end|> is no
+    """Nothing reads Qwen2-Audio's constant ids. On a trimmed checkpoint (its <|im_end|> is no
     longer 151645) chat and transcription stop where transformers stops, the prompt style is found from the new eos
     ids, and a training run's loss falls."""
-    from test_data import pitch_rows, write_jsonl
+    from conftest import pitch_rows, write_jsonl
     from transformers import Qwen2AudioForConditionalGeneration as HF
     from qwen2audio.chat import chat_inputs
     from qwen2audio.train import load_config, train
@@ -237,3 +239,11 @@ def test_chat_transcribe_and_training_use_the_trimmed_ids(tiny_checkpoint, tmp_p
                                    "optim.lr=1e-2", "train.max_steps=6"], stage="sft"))
     curve = [line["loss"] for line in run.history]
     assert len(curve) == 6 and all(np.isfinite(curve)) and curve[-1] < curve[0] - 1.0, curve
+
+
+def test_a_task_row_is_encoded_with_every_instruction_it_can_fill():
+    both = TaskRow(task="s2tt", audio="a.wav", text="Hallo.", fields={"source_language": "en", "target_language": "de"})
+    target_only = dataclasses.replace(both, fields={"target_language": "de"})
+    assert len(instruction_choices(both)) > len(instruction_choices(target_only)) > 0
+    assert all("German" in c and "English" not in c for c in instruction_choices(target_only))
+    assert instruction_choices(dataclasses.replace(both, prompt="Say it.")) == ["Say it."]

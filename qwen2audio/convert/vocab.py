@@ -1,4 +1,4 @@
-"""Vocabulary trimming: a checkpoint whose tokenizer and embeddings keep only the tokens a corpus needs (issue 9).
+"""Vocabulary trimming: a checkpoint whose tokenizer and embeddings keep only the tokens a corpus needs.
 
 Qwen2's 151,936-row embedding is most of a tiny model's weights and training time. `trim_vocabulary` keeps
 - the 256 byte-level tokens, so that any text still tokenizes (at worst byte by byte);
@@ -26,22 +26,22 @@ import dataclasses
 import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import tokenizers
 import torch
 
-from .api import Qwen2AudioForConditionalGeneration, load
+from ..api import Qwen2AudioForConditionalGeneration, load
+from ..checkpoint import CheckpointError
+from ..data.encode import Encoder
+from ..data.prompts import INSTRUCTIONS, canonical_task, placeholders, prompt_fields
+from ..data.rows import Chat, Preference, TaskRow, parse_row
+from ..processor import Processor
+from ..tokenizer import (BASE_TASK_PROMPTS, CHAT_TASK_PROMPTS, DEFAULT_SYSTEM_PROMPT, LANGUAGE_NAMES, Tokenizer,
+                         base_prompt, byte_to_unicode, chat_task_prompt, render_default_chat)
 from .build import check_out_dir
-from .checkpoint import CheckpointError
-from .data.encode import Encoder
-from .data.prompts import INSTRUCTIONS, _placeholders, canonical_task, prompt_fields
-from .data.rows import Chat, Preference, TaskRow, parse_row
-from .processor import Processor
-from .tokenizer import (BASE_TASK_PROMPTS, CHAT_TASK_PROMPTS, DEFAULT_SYSTEM_PROMPT, LANGUAGE_NAMES, Tokenizer,
-                        base_prompt, byte_to_unicode, chat_task_prompt, render_default_chat)
-
-Log = Callable[[str], None]
+from .lm import padded_rows
+from .source import Log
 
 PAD_MULTIPLE = 64  # embedding rows are padded to a multiple of 64: tensor-core and SIMD friendly, < 64 rows wasted
 # config/generation keys that hold token ids (an int or a list of ints): renumbered with the vocabulary
@@ -52,7 +52,7 @@ TEMPLATE_AUDIOS = 9  # "Audio 1:" .. "Audio 9:" (digits are byte-level tokens: m
 
 # -- what the corpus uses ---------------------------------------------------------------------------------------------
 
-class _RecordingTokenizer:
+class RecordingTokenizer:
     """Stands in for the Tokenizer inside the training pipeline's Encoder: the same ids (each distinct text encoded
     once), and every id it handed out collected in `used`."""
 
@@ -70,6 +70,11 @@ class _RecordingTokenizer:
             found = self._seen[text] = self.tokenizer.encode_with_offsets(text)
             self.used.update(found[0])
         return found
+
+    @property
+    def texts(self) -> list[str]:
+        """Every distinct text encoded so far, in the order first seen."""
+        return list(self._seen)
 
     def __getattr__(self, name: str):
         return getattr(self.tokenizer, name)
@@ -93,10 +98,10 @@ def instruction_choices(row: TaskRow) -> list[str]:
     if row.prompt is not None:
         return [row.prompt]
     values = prompt_fields(canonical_task(row.task), row.fields)
-    return [t.format(**values) for t in INSTRUCTIONS[canonical_task(row.task)] if _placeholders(t) <= values.keys()]
+    return [t.format(**values) for t in INSTRUCTIONS[canonical_task(row.task)] if placeholders(t) <= values.keys()]
 
 
-def encode_sample(recorder: _RecordingTokenizer, sample) -> None:
+def encode_sample(recorder: RecordingTokenizer, sample) -> None:
     """Encode `sample` as every training form would (chat and base prompts, SFT and DPO), and the whole conversation
     as inference renders it."""
     chat, base = Encoder(recorder), Encoder(recorder, prompt_format="base")
@@ -129,7 +134,7 @@ def fixed_texts() -> list[str]:
                     {"role": "assistant", "content": "."}]
     texts = [render_default_chat(conversation), render_default_chat(conversation[:1], add_generation_prompt=True),
              render_default_chat([{"role": "system", "content": DEFAULT_SYSTEM_PROMPT}] + conversation)]
-    texts += [t for pool in INSTRUCTIONS.values() for t in pool if not _placeholders(t)]
+    texts += [t for pool in INSTRUCTIONS.values() for t in pool if not placeholders(t)]
     languages = [None, *LANGUAGE_NAMES]
     for task in BASE_TASK_PROMPTS:
         texts += [base_prompt(task, language, target) for language in languages for target in LANGUAGE_NAMES]
@@ -140,7 +145,7 @@ def fixed_texts() -> list[str]:
 
 def corpus_token_ids(tokenizer: Tokenizer, corpus: Iterable[str | Path], log: Log = lambda line: None) -> set[int]:
     """Ids the full tokenizer produces on the corpus files and on `fixed_texts()`."""
-    recorder = _RecordingTokenizer(tokenizer)
+    recorder = RecordingTokenizer(tokenizer)
     for path in map(Path, corpus):
         if not path.is_file():
             raise FileNotFoundError(f"corpus file {path} does not exist")
@@ -221,10 +226,6 @@ def trimmed_tokenizer(tokenizer: Tokenizer, data: dict[str, Any]) -> Tokenizer:
 
 
 # -- the trimmed model ------------------------------------------------------------------------------------------------
-
-def padded_rows(n: int, multiple: int = PAD_MULTIPLE) -> int:
-    return -(-n // multiple) * multiple
-
 
 def remap_ids(d: dict[str, Any], renumber: dict[int, int], where: str) -> dict[str, Any]:
     """`d` with the token ids under TOKEN_ID_KEYS (also in nested dicts) renumbered; an id not kept is an error."""
@@ -313,17 +314,3 @@ def trim_vocabulary(model_path: str | Path, corpus: Iterable[str | Path], out: s
     trimmed.save_pretrained(out)
     log(f"wrote      {out}: {trimmed.num_parameters():,} parameters (was {model.num_parameters():,})")
     return out
-
-
-def cmd_trim_vocab(args) -> None:
-    trim_vocabulary(args.model, args.corpus, args.out, multiple=args.multiple, force=args.force)
-
-
-def trim_vocab_args(p) -> None:
-    p.add_argument("--model", help="checkpoint directory to trim (default: the shipped demo model)")
-    p.add_argument("--corpus", required=True, nargs="+", metavar="FILE",
-                   help="JSONL files of the corpus (pre-training task rows, SFT chats, DPO pairs)")
-    p.add_argument("--out", required=True, help="new directory for the trimmed checkpoint")
-    p.add_argument("--multiple", type=int, default=PAD_MULTIPLE,
-                   help=f"pad the embedding rows to a multiple of this (default {PAD_MULTIPLE})")
-    p.add_argument("--force", action="store_true", help="write into a non-empty --out")
