@@ -30,7 +30,7 @@ def own_language_margin(sentence: str, language: str) -> float:
     return mean[language] - max(v for lang, v in mean.items() if lang != language)
 
 
-def test_part_b_text_is_in_its_language():
+def test_non_english_sentences_are_in_their_language():
     opencc = pytest.importorskip("opencc")
     pytest.importorskip("faker")
     rng = random.Random(1)

@@ -79,7 +79,7 @@ def _phonemes(text: str, voice: str) -> list[str]:
 
 
 @needs_engines
-def test_espeak_reads_part_b_scripts_in_their_own_language():
+def test_espeak_reads_chinese_scripts_in_their_own_language():
     pytest.importorskip("faker")
     characters = sorted({ch for split in fortunes.mandarin_sentences().values() for s in split for ch in s
                          if f"{HAN[0]}" <= ch <= f"{HAN[-1]}"})

@@ -127,12 +127,12 @@ def test_multi_audio_answers_by_measurement():
             assert tasks.language_name(item.fields["languages"][("first", "second").index(item.answer)]) == named
 
 
-PART_B_ASR = {"names": None, "cmn_asr": "cmn", "yue_asr": "yue", "fr_asr": "fr", "ja_asr": "ja"}
+MULTILINGUAL_ASR = {"names": None, "cmn_asr": "cmn", "yue_asr": "yue", "fr_asr": "fr", "ja_asr": "ja"}
 
 
 @needs_engines
-def test_part_b_asr_items_speak_their_sentence():
-    for family, language in PART_B_ASR.items():
+def test_multilingual_asr_items_speak_their_sentence():
+    for family, language in MULTILINGUAL_ASR.items():
         for seed in range(6):
             draw = seeded_draw(seed, "test" if seed % 2 else "train", (language,) if language else tasks.LANGUAGES)
             item = TASKS[family].make(draw)
