@@ -10,8 +10,10 @@ from pathlib import Path
 import torch
 
 from .chat import chat as run_chat
-from .checkpoint import DEFAULT_SHARD_SIZE, default_generation_config, load_model, save_model
+from .checkpoint import DEFAULT_SHARD_SIZE, default_generation_config, save_model
+from .compressed_checkpoint import load_hf_checkpoint, save_compressed
 from .generate import GenerationConfig, Generator
+from .gguf_checkpoint import is_gguf_directory, load_gguf
 from .model import Qwen2Audio
 from .processor import Processor
 from .transcribe import transcribe as run_transcribe
@@ -26,8 +28,9 @@ class Qwen2AudioForConditionalGeneration(Qwen2Audio):
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, device: str | torch.device = "cpu",
                         dtype: torch.dtype | str | None = None) -> "Qwen2AudioForConditionalGeneration":
-        model = load_model(path, device=device, dtype=dtype, model_cls=cls)
-        model.processor = Processor.from_pretrained(path)
+        model, processor = load_gguf(path, device=device, dtype=dtype, model_cls=cls) if is_gguf_directory(path) \
+            else (load_hf_checkpoint(path, device=device, dtype=dtype, model_cls=cls), Processor.from_pretrained(path))
+        model.processor = processor
         if model.processor.tokenizer.audio_token_id != model.config.audio_token_id:
             raise ValueError(f"{path}: the tokenizer's <|AUDIO|> id {model.processor.tokenizer.audio_token_id} "
                              f"differs from config.json audio_token_index {model.config.audio_token_id}")
@@ -36,8 +39,10 @@ class Qwen2AudioForConditionalGeneration(Qwen2Audio):
     def save_pretrained(self, path: str | os.PathLike, dtype: torch.dtype | str | None = None,
                         max_shard_size: int | str = DEFAULT_SHARD_SIZE, layout: str = "hub") -> Path:
         """config.json, generation_config.json, sharded safetensors (hub layout unless told otherwise), tokenizer
-        and preprocessor files: what transformers and vLLM load."""
-        directory = save_model(self, path, dtype=dtype, max_shard_bytes=parse_size(max_shard_size), layout=layout)
+        and preprocessor files: what transformers and vLLM load. A quantised model (int8/int4) is written as
+        compressed-tensors (`compressed_checkpoint.save_compressed`)."""
+        save = save_compressed if getattr(self, "quantization", None) else save_model
+        directory = save(self, path, dtype=dtype, max_shard_bytes=parse_size(max_shard_size), layout=layout)
         (self.processor or Processor()).save_pretrained(directory)
         return directory
 
@@ -105,7 +110,8 @@ def default_model_path() -> Path:
 
 def load(path: str | os.PathLike, device: str | torch.device = "cpu",
          dtype: torch.dtype | str | None = None) -> Qwen2AudioForConditionalGeneration:
-    """Load a Hugging Face Qwen2-Audio checkpoint directory (Qwen2-Audio-7B, -7B-Instruct, or one of ours)."""
+    """Load a Hugging Face Qwen2-Audio checkpoint directory (Qwen2-Audio-7B, -7B-Instruct, or one of ours), or a
+    directory holding llama.cpp's GGUF pair (text model + `mmproj*` audio part)."""
     return Qwen2AudioForConditionalGeneration.from_pretrained(path, device=device, dtype=dtype)
 
 

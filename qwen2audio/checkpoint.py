@@ -236,10 +236,12 @@ def dtype_name(dtype: torch.dtype) -> str:
 # -- loading ---------------------------------------------------------------------------------------------------
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtype: torch.dtype | str | None = None,
-               model_cls: Callable[[Qwen2AudioConfig], Qwen2Audio] = Qwen2Audio) -> Qwen2Audio:
+               model_cls: Callable[[Qwen2AudioConfig], Qwen2Audio] = Qwen2Audio,
+               read_tensors: Callable[[Path], Iterator[tuple[str, torch.Tensor]]] = iter_safetensors) -> Qwen2Audio:
     """Build `model_cls(config)` on the meta device and fill it with the checkpoint's tensors.
 
     dtype: None keeps the checkpoint's dtype (config.json `dtype`/`torch_dtype`, else as stored).
+    read_tensors: (name, tensor) of one file (a format that stores some tensors otherwise filters them).
     """
     directory = Path(path)
     config, raw = read_config(directory)
@@ -247,7 +249,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     with torch.device("meta"):
         model = model_cls(config)
     expected = {name: t.shape for name, t in model.state_dict().items()}
-    state, unexpected, stored_lm_head = read_state(checkpoint_files(directory), expected, config.text.tie_embeddings)
+    state, unexpected, stored_lm_head = read_state(checkpoint_files(directory), expected, config.text.tie_embeddings,
+                                                   read_tensors)
     if stored_lm_head is not None:
         state = _resolve_tied_head(model, config, state, stored_lm_head)
         expected = {name: t.shape for name, t in model.state_dict().items()}
@@ -265,14 +268,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", dtyp
     return model.eval()
 
 
-def read_state(files: list[Path], expected: dict[str, torch.Size], tied: bool):
+def read_state(files: list[Path], expected: dict[str, torch.Size], tied: bool,
+               read_tensors: Callable[[Path], Iterator[tuple[str, torch.Tensor]]] = iter_safetensors):
     """The checkpoint's tensors (memory-mapped) under our names, shape-checked against `expected` -> (state, the
     unexpected keys, the stored lm_head as (file, key, tensor) when the config ties it, else None)."""
     state: dict[str, torch.Tensor] = {}
     unexpected: list[str] = []
     stored_lm_head: tuple[Path, str, torch.Tensor] | None = None
     for file in files:
-        for key, tensor in iter_safetensors(file):
+        for key, tensor in read_tensors(file):
             name = hf_to_ours(key)
             if name == "decoder.lm_head.weight" and tied:
                 stored_lm_head = (file, key, tensor)
@@ -411,8 +415,8 @@ def save_model(model: Qwen2Audio, path: str | os.PathLike, dtype: torch.dtype | 
     earlier save in the same directory removed.
     """
     if getattr(model, "quantization", None):
-        raise CheckpointError(f"this model is quantised ({model.quantization}) for inference; save the full-precision "
-                              "model (load it again) instead: the Hugging Face layout has no place for our scales")
+        raise CheckpointError(f"this model is quantised ({model.quantization}): save it with `save_pretrained` "
+                              "(compressed-tensors, compressed_checkpoint.save_compressed)")
     if layout not in LAYOUTS:
         raise CheckpointError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
     directory = Path(path)

@@ -15,6 +15,7 @@ from .audio import SAMPLE_RATE, AudioError, load_audio
 from .convert.cli import add_build_arguments as build_args, run_build as cmd_build
 from .convert.cli import add_convert_arguments as convert_args, run_convert as cmd_convert
 from .convert.cli import add_info_arguments as info_args, run_info as cmd_info
+from .convert.cli import add_quantize_arguments as quantize_args, run_quantize as cmd_quantize
 from .convert.cli import add_trim_vocab_arguments as trim_vocab_args, run_trim_vocab as cmd_trim_vocab
 from .checkpoint import DTYPE_NAMES, CheckpointError
 from .chat import generation_options
@@ -215,6 +216,8 @@ def cmd_transcribe(args) -> None:
 COMMANDS = {
     "info": (cmd_info, info_args, "config, parameter count and memory estimate of a checkpoint or preset"),
     "convert": (cmd_convert, convert_args, "check a checkpoint and rewrite it in another layout or dtype"),
+    "quantize": (cmd_quantize, quantize_args, "write a checkpoint as compressed-tensors W8A16 / W4A16 "
+                 "(llm-compressor's format), shard by shard"),
     "build": (cmd_build, build_args, "a new, untrained Qwen2-Audio from a Whisper checkpoint and a Qwen2 LM (given "
               "or new)"),
     "trim-vocab": (cmd_trim_vocab, trim_vocab_args, "keep only the tokens a corpus uses (bytes and specials too): "

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from conftest import make_batch, make_hf_model
 from qwen2audio import cpu_kernels, load
 from qwen2audio.generate import GenerationConfig, Generator
-from qwen2audio.quant import (DecodeLinear, Int4Linear, Int8Linear, KERNEL_MAX_ROWS, fused_gemv, quantize,
-                              use_decode_kernels)
+from qwen2audio.quant import (DecodeLinear, Int4Linear, Int8Linear, KERNEL_MAX_ROWS, QuantizedWeight, fused_gemv,
+                              quantize, quantize_weight, use_decode_kernels)
 
 avx512 = pytest.mark.skipif(not cpu_kernels.available(), reason="needs AVX-512 BF16/VNNI and a C++ compiler")
 DTYPES = [torch.float32, torch.bfloat16]
@@ -137,6 +137,76 @@ def test_int4_aten_layout_equals_the_portable_one(dtype):
         for layer in (aten, portable):
             ref = F.linear(x.double(), layer.dequantize(torch.float32).double(), layer.bias.double())
             assert _rel(layer(x), ref) < (1e-6 if dtype == torch.float32 else BF16_OUTPUT)
+
+
+def _asymmetric(bits: int, out_features: int, in_features: int, group_size: int) -> QuantizedWeight:
+    """Random integers, positive scales and zero points, as an asymmetric checkpoint stores them."""
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1)
+    q = torch.randint(low, high, (out_features, in_features), dtype=torch.int8)
+    groups = in_features // group_size
+    return QuantizedWeight(q, torch.rand(out_features, groups) / 50 + 1e-3, bits,
+                           torch.randint(low, high, (out_features, groups), dtype=torch.int8))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("zero_point", [False, True])
+@pytest.mark.parametrize("group_size", [128, 384])  # 384: one group per row (the channel strategy)
+def test_grouped_int8_equals_the_dequantised_product(dtype, zero_point, group_size):
+    """Scales per group of inputs and zero points (compressed-tensors' layout): the fused per-group pass (a few
+    rows) and the dequantised BLAS product (more rows) both equal x times (q - zero_point) * scale."""
+    torch.manual_seed(4)
+    weight = _asymmetric(8, 48, 384, group_size)
+    if not zero_point:
+        weight.zero_point = None
+    bias = torch.randn(48).to(dtype)
+    layer = Int8Linear(weight, bias, gemv_max_rows=8)
+    if zero_point or group_size == 128:
+        assert layer.kernel == "fused"  # the AVX-512 kernel takes one symmetric scale per row
+    fp32_tolerance = 6e-5 if layer.kernel == "avx512" else 1e-6  # its inputs in 16-bit fixed point
+    for rows in (1, 3, 9):
+        x = torch.randn(rows, 384, dtype=dtype)
+        ref = F.linear(x.double(), weight.dequantize(torch.float64), bias.double())
+        y = layer(x)
+        assert y.dtype == dtype
+        assert _rel(y, ref) < (fp32_tolerance if dtype == torch.float32 else BF16_OUTPUT), rows
+
+
+@pytest.mark.parametrize("zero_point", [False, True])
+@pytest.mark.parametrize("group_size", [128, 384])  # 384: one group per row, split into ATen's groups of 128
+def test_int4_from_stored_integers_in_both_layouts(zero_point, group_size):
+    """A stored int4 weight (any group size, zero points or not) in ATen's layout and the portable one: both give
+    back the same integers and scales, and each product equals x times (q - zero_point) * scale."""
+    torch.manual_seed(5)
+    weight = _asymmetric(4, 96, 384, group_size)
+    if not zero_point:
+        weight.zero_point = None
+    aten = Int4Linear(weight, None)
+    portable_weight = QuantizedWeight(weight.q[:90], weight.scale[:90], 4,
+                                      None if weight.zero_point is None else weight.zero_point[:90])
+    portable = Int4Linear(portable_weight, None)  # 90 outputs: not a multiple of 16, the portable layout
+    assert aten.aten and not portable.aten
+    for layer, expected in ((aten, weight), (portable, portable_weight)):
+        back = layer.quantized_weight()
+        assert torch.equal(back.q, expected.q) and torch.equal(back.scale, expected.scale)
+        assert (back.zero_point is None) == (expected.zero_point is None)
+        if expected.zero_point is not None:
+            assert torch.equal(back.zero_point, expected.zero_point)
+        x = torch.randn(3, 384)
+        ref = F.linear(x.double(), expected.dequantize(torch.float64))
+        assert _rel(layer(x), ref) < 1e-6
+
+
+def test_quantize_weight_rounds_as_llm_compressor():
+    """Scale = max|w| / 7.5 (int4) in the weight's dtype; integers in [-8, 7]; the group's largest weight maps to
+    the end of the range."""
+    torch.manual_seed(6)
+    w = torch.randn(4, 256).bfloat16()
+    quantized = quantize_weight(w, 4, 128)
+    assert quantized.scale.dtype == torch.bfloat16 and quantized.scale.shape == (4, 2)
+    assert quantized.q.min() >= -8 and quantized.q.max() <= 7
+    expected = (w.float().view(4, 2, 128).abs().amax(-1) / 7.5).bfloat16()
+    assert torch.equal(quantized.scale, expected)
+    assert _rel(quantized.dequantize(torch.float32), w.float()) < 0.15
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,8 @@ import torch
 from ..api import load, parse_size
 from ..checkpoint import (DEFAULT_SHARD_SIZE, DTYPE_NAMES, LAYOUTS, CheckpointError, checkpoint_dtype,
                           checkpoint_files, dtype_name, read_config)
+from ..compressed_checkpoint import DEFAULT_GROUP_SIZE, SCHEMES, describe_checkpoint, quantize_checkpoint
+from ..gguf_checkpoint import describe_gguf, is_gguf_directory
 from ..model import Qwen2Audio, Qwen2AudioConfig
 from ..model.config import PRESETS
 from .build import build
@@ -36,7 +38,11 @@ def describe(config: Qwen2AudioConfig) -> list[tuple[str, str]]:
 def run_info(args: argparse.Namespace) -> None:
     """Print the config, parameter counts and memory estimates of a checkpoint directory or a preset name."""
     source = Path(args.model)
-    if source.is_dir():
+    if is_gguf_directory(source):
+        config, lines = describe_gguf(source)
+        for label, value in lines:
+            print(f"{label:<13}{value}")
+    elif source.is_dir():
         config, raw = read_config(source)
         files = checkpoint_files(source)
         size = sum(f.stat().st_size for f in files)
@@ -44,6 +50,8 @@ def run_info(args: argparse.Namespace) -> None:
         stored = checkpoint_dtype(raw)
         print(f"weights      {len(files)} safetensors file(s), {size / 2**30:.2f} GiB, dtype "
               f"{dtype_name(stored) if stored else 'as stored'}")
+        for label, value in describe_checkpoint(source, raw):
+            print(f"{label:<13}{value}")
     elif args.model in PRESETS:
         config = Qwen2AudioConfig.from_name(args.model)
         print(f"preset       {args.model}")
@@ -87,6 +95,34 @@ def add_convert_arguments(p: argparse.ArgumentParser) -> None:
                    help="hub: the names of the published checkpoints, read by transformers, vLLM and llama.cpp")
     p.add_argument("--max-shard-size", default=str(DEFAULT_SHARD_SIZE), help="e.g. 5GB, 500MB")
     p.add_argument("--check", action="store_true", help="only check that the checkpoint loads")
+
+
+def group_size_argument(value: str) -> int | None:
+    """--group-size: a number of inputs, or 'channel' (one scale per output channel)."""
+    if value == "channel":
+        return None
+    if not value.isdigit() or int(value) <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r}: give a positive number of inputs or 'channel'")
+    return int(value)
+
+
+def add_quantize_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="full-precision checkpoint directory (default: the shipped demo model)")
+    p.add_argument("--scheme", choices=sorted(SCHEMES), default="w4a16",
+                   help="weight-only int8 or int4 of the language model's block linears (default w4a16)")
+    p.add_argument("--group-size", type=group_size_argument, default=DEFAULT_GROUP_SIZE,
+                   help=f"inputs sharing one scale, or 'channel' (default {DEFAULT_GROUP_SIZE}, as llm-compressor)")
+    p.add_argument("--dtype", choices=sorted(DTYPE_NAMES), help="dtype of the dense tensors and scales (default: keep)")
+    p.add_argument("--out", required=True, help="destination directory")
+
+
+def run_quantize(args: argparse.Namespace) -> None:
+    """Quantise a checkpoint shard by shard into compressed-tensors (read by `load`, vLLM and transformers)."""
+    if Path(args.out).resolve() == Path(args.model).resolve():
+        raise SystemExit("quantize: --out must differ from --model (the source's files are memory-mapped)")
+    out = quantize_checkpoint(args.model, args.out, args.scheme, args.group_size, args.dtype)
+    group = "per channel" if args.group_size is None else f"group {args.group_size}"
+    print(f"wrote {out}: {args.scheme}, {group}, compressed-tensors pack-quantized")
 
 
 def add_build_arguments(p: argparse.ArgumentParser) -> None:
