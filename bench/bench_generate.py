@@ -8,6 +8,7 @@ decode tokens/s = 63 / (time of 64 tokens - time of 1); each time the best of se
     .venv/bin/python bench/bench_generate.py --json /tmp/bench_gen.json      # everything (~25 minutes on 2 cores)
     .venv/bin/python bench/bench_generate.py --parts decode,batch8 --json F  # some parts (F keeps the others)
     .venv/bin/python bench/bench_generate.py --quick                        # ours only, fewer repeats
+    .venv/bin/python bench/bench_generate.py --parts int8_groups --group-size 128  # int8 kernels, grouped scales
 
 Beside every figure: the limits of the same run. Bandwidth limit = measured read bandwidth ÷ bytes of weights a step
 reads (x rows for a batch); compute limit = the step's matmul FLOPs ÷ the measured matmul FLOP/s of that dtype;
@@ -168,7 +169,36 @@ def top1_agreement(model, inputs, tokens) -> float:
     return (predicted == tokens).float().mean().item()
 
 
-PARTS = ("decode", "batch8", "quant", "equality")
+PARTS = ("decode", "batch8", "quant", "equality", "int8_groups")
+INT8_VARIANTS = (("channel", "avx512"), ("group", "fused"), ("group", "avx512"))  # (scales, decode kernel)
+
+
+def time_alternating(generators: dict, inputs, rounds: int) -> dict:
+    """Decode tokens/s of each generator (warmed up), timed in turn round after round so that a change in the
+    machine's load touches all alike; per generator the best time of one token and of NEW_TOKENS."""
+    one, full = GenerationConfig(max_new_tokens=1), GenerationConfig(max_new_tokens=NEW_TOKENS)
+    for gen in generators.values():
+        gen.generate(inputs, full)  # warm-up (and compile)
+    best = {name: [float("inf"), float("inf")] for name in generators}
+    for _ in range(rounds):
+        for name, gen in generators.items():
+            best[name][0] = min(best[name][0], best_time(lambda: gen.generate(inputs, one), 1))
+            best[name][1] = min(best[name][1], best_time(lambda: gen.generate(inputs, full), 1))
+    return {name: {"ttft_s": t1, "decode_tok_s": (NEW_TOKENS - 1) / (t64 - t1)} for name, (t1, t64) in best.items()}
+
+
+def int8_group_rows(work: Path, inputs, group_size: int, dtype_name: str, rounds: int, limits) -> list[dict]:
+    """int8 decode with a scale per row (AVX-512 kernel) and per group of `group_size` inputs (W8A16's layout) on
+    the fused per-group pass and on the AVX-512 kernel, `dtype_name` activations, compiled, timed alternately."""
+    dtype = getattr(torch, dtype_name)
+    models = {f"{scales} {kernel}": quantize(qwen2audio.load(work, dtype=dtype), "int8", kernel=kernel,
+                                            group_size=group_size if scales == "group" else None)
+              for scales, kernel in INT8_VARIANTS}
+    speeds = time_alternating({name: Generator(m, compile=True) for name, m in models.items()},
+                              inputs.to(dtype=dtype), rounds)
+    return [{"variant": name, "group_size": group_size if name.startswith("group") else "row",
+             "activations": dtype_name, **limits(m, dtype_name), "GB_per_token": decode_bytes_per_token(m) / 1e9,
+             "ours": speeds[name]} for name, m in models.items()]
 
 
 def limits_of(bandwidth: float, flops_per_s: float, bytes_per_step: int, flops_per_row: float, rows: int) -> dict:
@@ -192,6 +222,9 @@ def main() -> None:
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {', '.join(PARTS)}")
     parser.add_argument("--json", type=Path, help="also write the figures here (parts already there are kept)")
     parser.add_argument("--config", default="bench-0.5b", help="a named config (tiny-random: a smoke test)")
+    parser.add_argument("--group-size", type=int, default=128, help="int8_groups: inputs per scale (W8A16's 128)")
+    parser.add_argument("--activations", default="bfloat16", choices=("float32", "bfloat16"),
+                        help="int8_groups: the activations' dtype")
     args = parser.parse_args()
     parts = args.parts.split(",")
     if not set(parts) <= set(PARTS):
@@ -270,6 +303,9 @@ def main() -> None:
                 print("batch 8:", json.dumps(entry), flush=True)
         report["batch8"] = batch8
 
+    if "int8_groups" in parts:
+        report["int8_groups"] = int8_group_rows(work, inputs, args.group_size, args.activations, repeats, limits)
+
     # int8 / int4 (fp32 and bf16 activations): speed, and teacher-forced top-1 agreement with fp32 on 8 clips
     gen = Generator(use_decode_kernels(qwen2audio.load(work)), compile=True)
     references = []
@@ -342,6 +378,10 @@ def print_summary(r: dict) -> None:
               f"{_ratio(q['ours']['decode_tok_s'], fp32)} our fp32 (limit {q['limit_tok_s']:.1f}, "
               f"{100 * q['ours']['decode_tok_s'] / q['limit_tok_s']:.0f}%); TTFT {q['ours']['ttft_s']:.3f}s; batch 8 "
               f"{q['batch8_aggregate_tok_s']:.1f} tok/s; top-1 agreement with fp32 {100 * q['top1_agreement']:.1f}%")
+    for q in r.get("int8_groups", []):
+        print(f"int8 scales per {q['group_size']}, {q['variant'].split()[1]} kernel ({q['activations']} "
+              f"activations): {q['ours']['decode_tok_s']:.1f} tok/s (limit {q['limit_tok_s']:.1f}, "
+              f"{100 * q['ours']['decode_tok_s'] / q['limit_tok_s']:.0f}%; {q['GB_per_token']:.3f} GB a token)")
     if "greedy_equal_clips" in r:
         print(f"greedy output equal to transformers on {r['greedy_equal_clips']} clips")
 

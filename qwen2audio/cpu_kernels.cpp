@@ -11,6 +11,8 @@
 //   bf16 W: vdpbf16ps (bf16 pairs multiplied, summed in fp32), 32 weights per instruction;
 //   int8 W: x in 16-bit fixed point (one scale per row of x: error <= 2^-16 of its largest element, finer than
 //           bf16), vpmovsxbw + vpdpwssd (int16 x int8 dot products summed in int32), 32 weights per instruction;
+//           with a scale per group of inputs (llm-compressor's W8A16, GGUF q8_0) or per row, each group's int32 sum
+//           times its scale added in fp32 (one vcvtdq2ps + vfmadd per group: cheap for groups of >= 32);
 //   fp32 W: vfmadd231ps, 16 weights per instruction.
 // All rows of x (up to MAX_ROWS) are multiplied in the same pass, so a batch costs about one read of W.
 
@@ -94,40 +96,60 @@ static void run(const float* x, int64_t K, const float* w, float* out, int64_t l
 }
 };
 
-// ---- int8 weights, x in int16 fixed point; out = integer dot products (the caller applies both scales) ----
+// ---- int8 weights with a scale per group of G inputs, x in int16 fixed point; out = sum over groups of the
+// group's integer dot product times its scale (the caller applies x's scale). G is a multiple of 32 dividing K, or K
+// itself (one scale per row: any K). Each group's products are exact in int32 (flushed every FLUSH inputs), then
+// converted to fp32 and multiplied by the group's scale into an fp32 sum. ----
+struct Groups {
+  const float* scale;  // [rows, count], from the first weight row of the block
+  int64_t size;        // inputs per group
+  int64_t count;       // groups per row: K / size
+};
+
+// the same groups from weight row n on (product_of calls each block with its own rows)
+inline Groups offset(const Groups& g, int64_t n) { return {g.scale + n * g.count, g.size, g.count}; }
+
 template <int NX, int NW>
 struct Int8 {
-static void run(const int16_t* x, int64_t K, const int8_t* w, float* out, int64_t ldo) {
+static void run(const int16_t* x, int64_t K, const int8_t* w, float* out, int64_t ldo, Groups groups) {
   __m512 acc[NX][NW];
   for (int i = 0; i < NX; ++i)
     for (int r = 0; r < NW; ++r) acc[i][r] = _mm512_setzero_ps();
-  for (int64_t k0 = 0; k0 < K; k0 += FLUSH) {
-    const int64_t end = std::min(K, k0 + FLUSH);
-    __m512i iacc[NX][NW];
+  const auto step = [&](__m512i (&iacc)[NX][NW], int64_t k, __mmask32 m, bool full) __attribute__((always_inline)) {
+    __m512i xv[NX];
     for (int i = 0; i < NX; ++i)
-      for (int r = 0; r < NW; ++r) iacc[i][r] = _mm512_setzero_si512();
-    const auto step = [&](int64_t k, __mmask32 m, bool full) __attribute__((always_inline)) {
-      __m512i xv[NX];
-      for (int i = 0; i < NX; ++i)
-        xv[i] = full ? _mm512_loadu_si512(x + i * K + k) : _mm512_maskz_loadu_epi16(m, x + i * K + k);
-      for (int r = 0; r < NW; ++r) {
-        const int8_t* p = w + r * K + k;
-        const __m256i q =
-            full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)) : _mm256_maskz_loadu_epi8(m, p);
-        const __m512i wv = _mm512_cvtepi8_epi16(q);
-        for (int i = 0; i < NX; ++i) iacc[i][r] = _mm512_dpwssd_epi32(iacc[i][r], xv[i], wv);
-      }
-    };
-    int64_t k = k0;
-    for (; k + 64 <= end; k += 64) {  // a cache line of each row per iteration: one prefetch each
-      for (int r = 0; r < NW; ++r) Q2A_PREFETCH(w + r * K + k);
-      step(k, 0, true);
-      step(k + 32, 0, true);
+      xv[i] = full ? _mm512_loadu_si512(x + i * K + k) : _mm512_maskz_loadu_epi16(m, x + i * K + k);
+    for (int r = 0; r < NW; ++r) {
+      const int8_t* p = w + r * K + k;
+      const __m256i q = full ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)) : _mm256_maskz_loadu_epi8(m, p);
+      const __m512i wv = _mm512_cvtepi8_epi16(q);
+      for (int i = 0; i < NX; ++i) iacc[i][r] = _mm512_dpwssd_epi32(iacc[i][r], xv[i], wv);
     }
-    for (; k + 32 <= end; k += 32) step(k, 0, true);
-    if (k < end) step(k, __mmask32((1u << (end - k)) - 1), false);
-    for (int i = 0; i < NX; ++i)
-      for (int r = 0; r < NW; ++r) acc[i][r] = _mm512_add_ps(acc[i][r], _mm512_cvtepi32_ps(iacc[i][r]));
+  };
+  for (int64_t g = 0; g < groups.count; ++g) {
+    const int64_t group_end = (g + 1) * groups.size;
+    for (int64_t k0 = g * groups.size; k0 < group_end; k0 += FLUSH) {
+      const int64_t end = std::min(group_end, k0 + FLUSH);
+      __m512i iacc[NX][NW];
+      for (int i = 0; i < NX; ++i)
+        for (int r = 0; r < NW; ++r) iacc[i][r] = _mm512_setzero_si512();
+      int64_t k = k0;
+      for (; k + 64 <= end; k += 64) {  // a cache line of each row per iteration: one prefetch each
+        for (int r = 0; r < NW; ++r) Q2A_PREFETCH(w + r * K + k);
+        step(iacc, k, 0, true);
+        step(iacc, k + 32, 0, true);
+      }
+      for (; k + 32 <= end; k += 32) {  // groups of 32 (or a row's last 32): a prefetch every other step
+        if ((k & 63) == 0)
+          for (int r = 0; r < NW; ++r) Q2A_PREFETCH(w + r * K + k);
+        step(iacc, k, 0, true);
+      }
+      if (k < end) step(iacc, k, __mmask32((1u << (end - k)) - 1), false);
+      for (int r = 0; r < NW; ++r) {
+        const __m512 s = _mm512_set1_ps(groups.scale[r * groups.count + g]);
+        for (int i = 0; i < NX; ++i) acc[i][r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[i][r]), s, acc[i][r]);
+      }
+    }
   }
   for (int i = 0; i < NX; ++i)
     for (int r = 0; r < NW; ++r) out[i * ldo + r] = _mm512_reduce_add_ps(acc[i][r]);
@@ -135,34 +157,35 @@ static void run(const int16_t* x, int64_t K, const int8_t* w, float* out, int64_
 };
 
 // out [M, N] fp32 = x [M, K] . w [N, K]^T in one pass over w: blocks of NW weight rows against all NX = M rows of x
-// (NX x NW accumulators: at most 16 of the 32 vector registers), the blocks split over the threads in contiguous runs
-template <template <int, int> class Block, int NX, typename XT, typename WT>
-void product_of(const XT* x, int64_t K, const WT* w, int64_t N, float* out) {
+// (NX x NW accumulators: at most 16 of the 32 vector registers), the blocks split over the threads in contiguous runs;
+// extra: per-row arguments of the block (int8's Groups), taken from the block's first row by offset()
+template <template <int, int> class Block, int NX, typename XT, typename WT, typename... Extra>
+void product_of(const XT* x, int64_t K, const WT* w, int64_t N, float* out, const Extra&... extra) {
   constexpr int NW = NX <= 4 ? ROWS : ROWS / 2;
   const int64_t blocks = (N + NW - 1) / NW;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t n = b * NW;
       if (n + NW <= N) {
-        Block<NX, NW>::run(x, K, w + n * K, out + n, N);
+        Block<NX, NW>::run(x, K, w + n * K, out + n, N, offset(extra, n)...);
       } else {
-        for (int64_t r = n; r < N; ++r) Block<NX, 1>::run(x, K, w + r * K, out + r, N);
+        for (int64_t r = n; r < N; ++r) Block<NX, 1>::run(x, K, w + r * K, out + r, N, offset(extra, r)...);
       }
     }
   });
 }
 
-template <template <int, int> class Block, typename XT, typename WT>
-void product(const XT* x, int64_t M, int64_t K, const WT* w, int64_t N, float* out) {
+template <template <int, int> class Block, typename XT, typename WT, typename... Extra>
+void product(const XT* x, int64_t M, int64_t K, const WT* w, int64_t N, float* out, const Extra&... extra) {
   switch (M) {
-    case 1: return product_of<Block, 1>(x, K, w, N, out);
-    case 2: return product_of<Block, 2>(x, K, w, N, out);
-    case 3: return product_of<Block, 3>(x, K, w, N, out);
-    case 4: return product_of<Block, 4>(x, K, w, N, out);
-    case 5: return product_of<Block, 5>(x, K, w, N, out);
-    case 6: return product_of<Block, 6>(x, K, w, N, out);
-    case 7: return product_of<Block, 7>(x, K, w, N, out);
-    case 8: return product_of<Block, 8>(x, K, w, N, out);
+    case 1: return product_of<Block, 1>(x, K, w, N, out, extra...);
+    case 2: return product_of<Block, 2>(x, K, w, N, out, extra...);
+    case 3: return product_of<Block, 3>(x, K, w, N, out, extra...);
+    case 4: return product_of<Block, 4>(x, K, w, N, out, extra...);
+    case 5: return product_of<Block, 5>(x, K, w, N, out, extra...);
+    case 6: return product_of<Block, 6>(x, K, w, N, out, extra...);
+    case 7: return product_of<Block, 7>(x, K, w, N, out, extra...);
+    case 8: return product_of<Block, 8>(x, K, w, N, out, extra...);
     default: TORCH_CHECK(false, "qwen2audio kernels take 1 to ", MAX_ROWS, " rows of x, got ", M);
   }
 }
@@ -176,16 +199,14 @@ void check(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Ten
   if (bias) TORCH_CHECK(bias->numel() == w.size(0), "qwen2audio kernels: bias of ", w.size(0), " expected");
 }
 
-// y [M, N] in x's dtype = out * row_scale[m] * col_scale[n] + bias[n] (scales optional)
-at::Tensor finish(const at::Tensor& out, at::ScalarType dtype, const float* row_scale, const at::Tensor* col_scale,
+// y [M, N] in x's dtype = out * row_scale[m] + bias[n] (both optional)
+at::Tensor finish(const at::Tensor& out, at::ScalarType dtype, const float* row_scale,
                   const c10::optional<at::Tensor>& bias) {
   const int64_t M = out.size(0), N = out.size(1);
   at::Tensor y = at::empty({M, N}, out.options().dtype(dtype));
   const at::Tensor b = bias ? bias->to(at::kFloat).contiguous() : at::Tensor();
-  const at::Tensor s = col_scale ? col_scale->to(at::kFloat).contiguous() : at::Tensor();
   const float* o = out.data_ptr<float>();
   const float* bp = bias ? b.data_ptr<float>() : nullptr;
-  const float* sp = col_scale ? s.data_ptr<float>() : nullptr;
   float* yf = dtype == at::kFloat ? y.data_ptr<float>() : nullptr;
   c10::BFloat16* yb = dtype == at::kBFloat16 ? y.data_ptr<c10::BFloat16>() : nullptr;
   TORCH_CHECK(yf || yb, "qwen2audio kernels: float32 or bfloat16 x, got ", dtype);
@@ -193,7 +214,6 @@ at::Tensor finish(const at::Tensor& out, at::ScalarType dtype, const float* row_
     const float rs = row_scale ? row_scale[i] : 1.0f;
     for (int64_t n = 0; n < N; ++n) {
       float v = o[i * N + n] * rs;
-      if (sp) v *= sp[n];
       if (bp) v += bp[n];
       if (yf) {
         yf[i * N + n] = v;
@@ -219,7 +239,7 @@ at::Tensor gemv(const at::Tensor& x, const at::Tensor& w, const c10::optional<at
     TORCH_CHECK(w.scalar_type() == at::kFloat, "qwen2audio gemv: float32 or bfloat16, got ", w.scalar_type());
     product<F32>(x.data_ptr<float>(), M, K, w.data_ptr<float>(), N, out.data_ptr<float>());
   }
-  return finish(out, x.scalar_type(), nullptr, nullptr, bias);
+  return finish(out, x.scalar_type(), nullptr, bias);
 }
 
 template <typename T>
@@ -236,13 +256,17 @@ void to_fixed_point(const T* x, int64_t M, int64_t K, int16_t* xq, float* xs) {
   }
 }
 
-// x [M, K] float32/bfloat16, q [N, K] int8, scale [N]: y = x @ (q * scale[:, None]).T + bias
+// x [M, K] float32/bfloat16, q [N, K] int8, scale [N] or [N, K / G] (a scale per group of G inputs of a row):
+// y = x @ (q * scale repeated over its group's inputs).T + bias
 at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor& scale,
                      const c10::optional<at::Tensor>& bias) {
   check(x, q, bias);
-  TORCH_CHECK(q.scalar_type() == at::kChar && scale.numel() == q.size(0),
-              "qwen2audio gemv_int8: q int8 [N, K], scale [N]");
   const int64_t M = x.size(0), K = x.size(1), N = q.size(0);
+  const int64_t groups = scale.dim() == 2 ? scale.size(1) : 1, group = K / std::max<int64_t>(groups, 1);
+  TORCH_CHECK(q.scalar_type() == at::kChar && scale.size(0) == N && scale.numel() == N * groups,
+              "qwen2audio gemv_int8: q int8 [N, K], scale [N] or [N, K / G]");
+  TORCH_CHECK(groups == 1 || (group * groups == K && group % 32 == 0),
+              "qwen2audio gemv_int8: groups of a multiple of 32 inputs that divide K = ", K, ", got ", groups);
   // x in 16-bit fixed point, one scale per row: xq = round(x / xs), xs = max|x| / 32767
   at::Tensor xq = at::empty({M, K}, x.options().dtype(at::kShort));
   float xs[MAX_ROWS];
@@ -252,9 +276,11 @@ at::Tensor gemv_int8(const at::Tensor& x, const at::Tensor& q, const at::Tensor&
     TORCH_CHECK(x.scalar_type() == at::kFloat, "qwen2audio gemv_int8: float32 or bfloat16 x, got ", x.scalar_type());
     to_fixed_point(x.data_ptr<float>(), M, K, xq.data_ptr<int16_t>(), xs);
   }
+  const at::Tensor s = scale.to(at::kFloat).contiguous();
   at::Tensor out = at::empty({M, N}, x.options().dtype(at::kFloat));
-  product<Int8>(xq.data_ptr<int16_t>(), M, K, q.data_ptr<int8_t>(), N, out.data_ptr<float>());
-  return finish(out, x.scalar_type(), xs, &scale, bias);
+  const Groups by_group{s.data_ptr<float>(), group, groups};
+  product<Int8>(xq.data_ptr<int16_t>(), M, K, q.data_ptr<int8_t>(), N, out.data_ptr<float>(), by_group);
+  return finish(out, x.scalar_type(), xs, bias);
 }
 
 }  // namespace

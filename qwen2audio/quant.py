@@ -8,9 +8,10 @@ Decoding one token reads every weight once, so its speed is memory bandwidth ÷ 
   `(x * W).sum(-1)` (accumulated in fp32), which `torch.compile` fuses into one pass over W, for one row;
 - `quantize(model, "int8")`: int8 weights with one scale per output row (4x fewer bytes than fp32, 2x fewer than
   bf16), multiplied without a dequantised copy by the same kernels (`cpu_kernels.gemv_int8`, or the fused pass);
-  a prefill dequantises one layer at a time for BLAS. `"int4"`: two weights per byte, one scale per group of 32
-  inputs; on CPU ATen's packed int4 kernel. Scales per group of inputs (int8 from a checkpoint) go through the
-  fused pass, group by group (`grouped_gemv`).
+  a prefill dequantises one layer at a time for BLAS. Symmetric scales per group of inputs (W8A16 and GGUF q8_0
+  checkpoints) take the same AVX-512 kernel; zero points (asymmetric) go through the fused pass, group by group
+  (`grouped_gemv`). `"int4"`: two weights per byte, one scale per group of 32 inputs; on CPU ATen's packed int4
+  kernel.
 Products of more rows (prefill, training) keep the BLAS matmul (oneDNN with AMX for bf16 on Intel CPUs).
 Which path wins depends on the CPU: bench/bench_generate.py times them (figures in bench/RESULTS.md).
 """
@@ -133,14 +134,22 @@ def grouped_gemv(x: torch.Tensor, weight: QuantizedWeight) -> torch.Tensor:
     return (y * weight.scale.float()).sum(-1).to(x.dtype)
 
 
+def avx512_int8_layout(weight: QuantizedWeight) -> bool:
+    """Whether `cpu_kernels.gemv_int8` multiplies by this weight: symmetric, one scale per row or per group of a
+    multiple of 32 inputs (its vectors of 32 int8 weights never straddle two groups)."""
+    per_row = weight.scale.shape[1] == 1
+    return weight.zero_point is None and (per_row or weight.group_size % 32 == 0)
+
+
 class Int8Linear(nn.Module):
     """Weight-only int8: W ≈ (q - zero_point) * scale per group of inputs (`QuantizedWeight`), q int8 [out, in].
 
     Built from a full-precision weight (quantised per output row, or in groups of `group_size`) or from a
     `QuantizedWeight` read from a checkpoint. kernel: the path for products of up to `gemv_max_rows` rows, "avx512"
-    (`cpu_kernels.gemv_int8`, one symmetric scale per row) or "fused" (inductor's fused pass, any groups); None: the
-    first that runs here. Larger products (prefill) dequantise the layer's weights for one BLAS matmul (ATen's
-    `_weight_int8pack_mm` is ~20x slower there, and no faster for a few rows: bench/RESULTS.md)."""
+    (`cpu_kernels.gemv_int8`: symmetric, a scale per row or per group of a multiple of 32 inputs) or "fused"
+    (inductor's fused pass, any groups and zero points); None: the first that runs here. Larger products (prefill)
+    dequantise the layer's weights for one BLAS matmul (ATen's `_weight_int8pack_mm` is ~20x slower there, and no
+    faster for a few rows: bench/RESULTS.md)."""
 
     decode_kernel = "gemv"
     KERNELS = tuple(KERNEL_MAX_ROWS)
@@ -154,10 +163,10 @@ class Int8Linear(nn.Module):
         self.register_buffer("q", quantized.q)
         self.register_buffer("scale", quantized.scale.float())  # [out, groups]
         self.register_buffer("zero_point", quantized.zero_point)
-        per_row = quantized.scale.shape[1] == 1 and quantized.zero_point is None
-        self.kernel = kernel or (decode_kernel_for(self.q) if per_row else "fused")
-        if self.kernel == "avx512" and not per_row:
-            raise ValueError("the avx512 int8 kernel takes one symmetric scale per row; use kernel='fused'")
+        self.kernel = kernel or (decode_kernel_for(self.q) if avx512_int8_layout(quantized) else "fused")
+        if self.kernel == "avx512" and not avx512_int8_layout(quantized):
+            raise ValueError("the avx512 int8 kernel takes symmetric scales, per row or per group of a multiple of "
+                             "32 inputs; use kernel='fused'")
         self.gemv_max_rows = KERNEL_MAX_ROWS[self.kernel] if gemv_max_rows is None else gemv_max_rows
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
 
@@ -170,7 +179,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = _rows(x)
         if rows <= self.gemv_max_rows and self.kernel == "avx512" and rows <= cpu_kernels.MAX_ROWS:
-            return cpu_kernels.gemv_int8(x, self.q, self.scale.view(-1), self.bias)
+            return cpu_kernels.gemv_int8(x, self.q, self.scale, self.bias)
         if rows <= self.gemv_max_rows:
             y = grouped_gemv(x, self.quantized_weight())
             return y if self.bias is None else y + self.bias
@@ -281,14 +290,17 @@ def use_decode_kernels(model: Qwen2Audio, gemv_max_rows: int | None = None) -> Q
 
 
 def quantize(model: Qwen2Audio, mode: str = "int8", gemv_max_rows: int | None = None, group_size: int | None = None,
-             include_head: bool = True) -> Qwen2Audio:
+             include_head: bool = True, kernel: str | None = None) -> Qwen2Audio:
     """Quantise the language model's linear layers (and, with include_head, its output head) in place (weight-only;
     the audio encoder and the embedding lookup stay in full precision). mode: 'int8' or 'int4'. group_size: inputs
-    sharing a scale (default: int8 one per output row, int4 INT4_GROUP)."""
+    sharing a scale (default: int8 one per output row, int4 INT4_GROUP). kernel: int8's decode path (one of
+    Int8Linear.KERNELS; None: the first that runs here)."""
     if mode not in LINEAR_KINDS:
         raise ValueError(f"unknown quantisation {mode!r}; choose int8 or int4")
+    if kernel is not None and mode != "int8":
+        raise ValueError(f"a decode kernel is chosen for int8 only, not {mode}")
     if mode == "int8":
-        make = lambda w, b: Int8Linear(w, b, gemv_max_rows, group_size=group_size)  # noqa: E731
+        make = lambda w, b: Int8Linear(w, b, gemv_max_rows, kernel, group_size)  # noqa: E731
     else:
         make = lambda w, b: Int4Linear(w, b, gemv_max_rows, group_size=group_size or INT4_GROUP)  # noqa: E731
     _swap_decoder_linears(model, make, include_head)

@@ -116,8 +116,8 @@ def test_llm_compressor_checkpoints_give_transformers_logits(compressed):
 
 
 def test_compiled_decode_of_grouped_int8_gives_the_eager_tokens(compressed):
-    """int8 with a scale per 128 inputs (the fused per-group pass) inside the compiled decode step that a quantised
-    model gets by default."""
+    """int8 with a scale per 128 inputs (the AVX-512 kernel where it runs, else the fused per-group pass) inside the
+    compiled decode step that a quantised model gets by default."""
     scheme, checkpoint, _ = compressed
     if scheme != "W8A16":
         pytest.skip("int4 multiplies by ATen's kernel whatever its group size: no new path in the graph")

@@ -72,6 +72,41 @@ def test_avx512_int8_fixed_point_error_and_rows_alone(dtype):
         assert torch.equal(cpu_kernels.gemv_int8(x[i:i + 1], q, scale), y[i:i + 1])
 
 
+def _int8_kernel_bound(x: torch.Tensor, w: torch.Tensor, group_size: int, out_dtype: torch.dtype) -> torch.Tensor:
+    """The error `cpu_kernels.gemv_int8` promises for each output (its docstring): x's 16-bit fixed point, the fp32
+    sums of the groups' int32 sums, and the rounding to the output dtype."""
+    x, w = x.double(), w.double()
+    fixed_point = x.abs().amax(-1, keepdim=True) / 65534 * w.abs().sum(-1)
+    int32_sums = (w.shape[1] // group_size) * -(-group_size // 2048)
+    fp32_sums = (2 * int32_sums + 6) * 2.0**-24 * (x.abs() @ w.abs().T)
+    output = (x @ w.T).abs() * torch.finfo(out_dtype).eps  # eps = 2 x the unit roundoff: room for the bias add
+    return fixed_point + fp32_sums + output
+
+
+@avx512
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("group_size", [32, 128, 4864])  # 4864: one group per row, more than one int32 flush
+def test_avx512_grouped_int8_within_its_bound(dtype, group_size):
+    """Symmetric scales per group of inputs (W8A16's groups of 128, GGUF q8_0's 32, per row): the kernel equals x times
+    the dequantised weight within its stated bound, for 1 to 8 rows, with a bias; every row of a batch equals the
+    row alone."""
+    torch.manual_seed(6)
+    out_features, in_features = 37, 4864  # 37: a tail of weight rows after the blocks
+    q = torch.randint(-127, 128, (out_features, in_features), dtype=torch.int8)
+    scale = torch.rand(out_features, in_features // group_size) / 100 + 1e-4
+    bias = torch.randn(out_features).to(dtype)
+    w = QuantizedWeight(q, scale, 8).dequantize(torch.float64)
+    x = torch.randn(cpu_kernels.MAX_ROWS, in_features)
+    x[-1, 5] = 100.0  # an outlier: the fixed point's step grows with it
+    x = x.to(dtype)
+    for rows in range(1, cpu_kernels.MAX_ROWS + 1):
+        y = cpu_kernels.gemv_int8(x[:rows], q, scale, bias)
+        assert y.dtype == dtype and y.shape == (rows, out_features)
+        error = (y.double() - (x[:rows].double() @ w.T + bias.double())).abs()
+        assert (error <= _int8_kernel_bound(x[:rows], w, group_size, dtype)).all(), rows
+        assert torch.equal(y[-1:], cpu_kernels.gemv_int8(x[rows - 1:rows], q, scale, bias)), rows
+
+
 @avx512
 def test_avx512_kernels_reject_bad_input():
     w = torch.randn(8, 16)
@@ -81,6 +116,9 @@ def test_avx512_kernels_reject_bad_input():
         cpu_kernels.gemv(torch.randn(1, 16).bfloat16(), w)
     with pytest.raises(RuntimeError, match=r"x \[M, K\], w \[N, K\]"):
         cpu_kernels.gemv(torch.randn(1, 15), w)
+    q = torch.zeros(8, 96, dtype=torch.int8)
+    with pytest.raises(RuntimeError, match="groups of a multiple of 32"):  # groups of 48: vectors would straddle two
+        cpu_kernels.gemv_int8(torch.randn(1, 96), q, torch.ones(8, 2))
 
 
 def _int8_kernels():
@@ -152,23 +190,28 @@ def _asymmetric(bits: int, out_features: int, in_features: int, group_size: int)
 @pytest.mark.parametrize("zero_point", [False, True])
 @pytest.mark.parametrize("group_size", [128, 384])  # 384: one group per row (the channel strategy)
 def test_grouped_int8_equals_the_dequantised_product(dtype, zero_point, group_size):
-    """Scales per group of inputs and zero points (compressed-tensors' layout): the fused per-group pass (a few
-    rows) and the dequantised BLAS product (more rows) both equal x times (q - zero_point) * scale."""
+    """Scales per group of inputs and zero points (compressed-tensors' layout): the decode paths for a few rows (the
+    AVX-512 kernel, symmetric only, chosen by default where it runs; the fused per-group pass) and the dequantised
+    BLAS product (more rows) all equal x times (q - zero_point) * scale."""
     torch.manual_seed(4)
     weight = _asymmetric(8, 48, 384, group_size)
     if not zero_point:
         weight.zero_point = None
     bias = torch.randn(48).to(dtype)
-    layer = Int8Linear(weight, bias, gemv_max_rows=8)
-    if zero_point or group_size == 128:
-        assert layer.kernel == "fused"  # the AVX-512 kernel takes one symmetric scale per row
-    fp32_tolerance = 6e-5 if layer.kernel == "avx512" else 1e-6  # its inputs in 16-bit fixed point
-    for rows in (1, 3, 9):
-        x = torch.randn(rows, 384, dtype=dtype)
-        ref = F.linear(x.double(), weight.dequantize(torch.float64), bias.double())
-        y = layer(x)
-        assert y.dtype == dtype
-        assert _rel(y, ref) < (fp32_tolerance if dtype == torch.float32 else BF16_OUTPUT), rows
+    kernels = ["fused"] if zero_point else _int8_kernels()
+    assert Int8Linear(weight, bias).kernel == kernels[-1]
+    if zero_point:
+        with pytest.raises(ValueError, match="symmetric scales"):
+            Int8Linear(weight, bias, kernel="avx512")
+    for kernel in kernels:
+        layer = Int8Linear(weight, bias, gemv_max_rows=8, kernel=kernel)
+        fp32_tolerance = 6e-5 if kernel == "avx512" else 1e-6  # its inputs in 16-bit fixed point
+        for rows in (1, 3, 9):
+            x = torch.randn(rows, 384, dtype=dtype)
+            ref = F.linear(x.double(), weight.dequantize(torch.float64), bias.double())
+            y = layer(x)
+            assert y.dtype == dtype
+            assert _rel(y, ref) < (fp32_tolerance if dtype == torch.float32 else BF16_OUTPUT), (kernel, rows)
 
 
 @pytest.mark.parametrize("zero_point", [False, True])
