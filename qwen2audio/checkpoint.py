@@ -292,17 +292,24 @@ def read_state(files: list[Path], expected: dict[str, torch.Size], tied: bool,
     return state, unexpected, stored_lm_head
 
 
-def check_complete(directory: Path, missing: list[str], unexpected: list[str]) -> None:
-    """A CheckpointError listing (the first few of) the missing and unexpected tensors, if any."""
+LISTED = 8  # missing or unexpected names shown in an error; the count says how many there are
+
+
+def listed(names: list[str]) -> str:
+    return ", ".join(names[:LISTED]) + (" ..." if len(names) > LISTED else "")
+
+
+def check_complete(directory: Path, missing: list[str], unexpected: list[str], headline: str | None = None,
+                   missing_name: Callable[[str], str] = ours_to_hf) -> None:
+    """A CheckpointError listing (the first few of) the missing tensors (our names, shown as `missing_name` spells
+    them) and the unexpected ones, if any; `headline` says what does not match (default: the config.json)."""
     if not missing and not unexpected:
         return
-    lines = [f"checkpoint {directory} does not match its config.json:"]
+    lines = [headline or f"checkpoint {directory} does not match its config.json:"]
     if missing:
-        lines.append(f"  missing ({len(missing)}): " + ", ".join(ours_to_hf(n) for n in missing[:8]) +
-                     (" ..." if len(missing) > 8 else ""))
+        lines.append(f"  missing ({len(missing)}): " + listed([missing_name(n) for n in missing]))
     if unexpected:
-        lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected[:8]) +
-                     (" ..." if len(unexpected) > 8 else ""))
+        lines.append(f"  unexpected ({len(unexpected)}): " + listed(unexpected))
     raise CheckpointError("\n".join(lines))
 
 

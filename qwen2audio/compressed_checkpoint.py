@@ -38,7 +38,8 @@ from .checkpoint import (CONFIG_NAME, DEFAULT_SHARD_SIZE, GENERATION_CONFIG_NAME
                          read_config_json, read_safetensors_header, resolve_dtype, to_hub_name, write_shards)
 from .files import atomic_write, atomic_write_json
 from .model import Qwen2Audio, Qwen2AudioConfig
-from .quant import Int4Linear, Int8Linear, QuantizedWeight, quantize_weight
+from .quant import (QUANTIZED_LINEAR, Int4Linear, Int8Linear, QuantizedWeight, quantization_mode, quantize_weight,
+                    replace_linear)
 
 QUANTIZATION_CONFIG = "quantization_config"  # config.json key
 QUANT_METHOD = "compressed-tensors"
@@ -49,7 +50,6 @@ COMPRESSED_PARAMS = (PACKED, SCALE, SHAPE, ZERO_POINT)
 SCHEMES = {"w8a16": 8, "w4a16": 4}  # `qwen2audio quantize --scheme` -> bits of the weights; activations stay 16-bit
 DEFAULT_GROUP_SIZE = 128  # llm-compressor's W8A16 / W4A16 presets
 WORD_BITS = 32
-QUANTIZED_LINEAR = {8: Int8Linear, 4: Int4Linear}
 
 
 # -- the config ----------------------------------------------------------------------------------------------------
@@ -178,12 +178,11 @@ def swap_quantized(model: Qwen2Audio, packed: dict[str, dict[str, torch.Tensor]]
     """Replace each placeholder layer by the int8/int4 layer of its stored integers (its bias kept)."""
     for hub_module, parts in packed.items():
         name = hf_to_ours(hub_module + ".weight").removesuffix(".weight")
-        parent_name, _, child_name = name.rpartition(".")
-        parent, child = model.get_submodule(parent_name), model.get_submodule(name)
+        child = model.get_submodule(name)
         if not isinstance(child, nn.Linear):
             raise CheckpointError(f"{hub_module} is stored quantised but is not a linear layer of the model")
         weight = quantized_weight(parts, hub_module).to(device, dtype)  # the int4 layout is chosen by device
-        setattr(parent, child_name, QUANTIZED_LINEAR[weight.bits](weight, child.bias))
+        replace_linear(model, name, weight, child.bias)
 
 
 def load_compressed(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -199,7 +198,7 @@ def load_compressed(path: str | os.PathLike, device: str | torch.device = "cpu",
     model = load_model(directory, device=device, dtype=target, model_cls=model_cls,
                        read_tensors=lambda file: split_packed(file, packed, target, device))
     swap_quantized(model, packed, device, target)
-    model.quantization = "int8" if all(s["num_bits"] == 8 for s in schemes) else "int4"
+    model.quantization = quantization_mode(s["num_bits"] for s in schemes)
     return model
 
 

@@ -30,7 +30,7 @@ import torch
 from .checkpoint import CheckpointError, check_complete, default_generation_config, name_rules, rename, resolve_dtype
 from .model import AudioEncoderConfig, Qwen2Audio, Qwen2AudioConfig, TextConfig
 from .processor import Processor
-from .quant import Int4Linear, Int8Linear, QuantizedWeight
+from .quant import QuantizedWeight, quantization_mode, replace_linear
 from .tokenizer import AUDIO_TOKEN, Tokenizer
 
 GGUF_SUFFIX = ".gguf"
@@ -196,15 +196,11 @@ def swap_integer_layers(model: Qwen2Audio, integers: dict[str, QuantizedWeight],
     file round to it), Int8Linear in float32."""
     for name, weight in integers.items():
         module = name.removesuffix(".weight")
-        parent_name, _, child_name = module.rpartition(".")
-        bias = state.pop(module + ".bias", None)
         if weight.bits == 4:
             weight.scale = weight.scale.to(dtype)
-        layer = Int8Linear(weight, bias) if weight.bits == 8 else Int4Linear(weight, bias)
-        setattr(model.get_submodule(parent_name), child_name, layer.to(device))
-    bits = {weight.bits for weight in integers.values()}
-    if bits:
-        model.quantization = "int8" if bits == {8} else "int4"
+        replace_linear(model, module, weight, state.pop(module + ".bias", None)).to(device)
+    if integers:
+        model.quantization = quantization_mode(weight.bits for weight in integers.values())
 
 
 # -- files ---------------------------------------------------------------------------------------------------------

@@ -263,7 +263,22 @@ class Int4Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-LINEAR_KINDS = {"int8": Int8Linear, "int4": Int4Linear}
+QUANTIZED_LINEAR = {8: Int8Linear, 4: Int4Linear}  # a QuantizedWeight's bits -> the layer over its integers
+LINEAR_KINDS = {f"int{bits}": layer for bits, layer in QUANTIZED_LINEAR.items()}  # `quantize`'s modes
+
+
+def replace_linear(model: nn.Module, name: str, weight: QuantizedWeight, bias: torch.Tensor | None) -> nn.Module:
+    """Put the int8 / int4 layer over `weight`'s integers (with `bias`) where the model's linear layer `name` is
+    (a checkpoint's stored integers, never a full-precision copy) -> that layer."""
+    parent_name, _, child_name = name.rpartition(".")
+    layer = QUANTIZED_LINEAR[weight.bits](weight, bias)
+    setattr(model.get_submodule(parent_name), child_name, layer)
+    return layer
+
+
+def quantization_mode(bits) -> str:
+    """`model.quantization` of a model whose quantised layers have these bit widths: int4 as soon as one is."""
+    return "int8" if set(bits) == {8} else "int4"
 
 
 def _swap_decoder_linears(model: Qwen2Audio, make, include_head: bool = True) -> None:

@@ -255,14 +255,18 @@ def pitch_rows(directory: Path, n: int = 16, kind: str = "sft") -> list[dict]:
     return rows
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory) -> Path:
-    """A tiny checkpoint (ckpt/) and 16 pitch rows in each row form (sft, task, dpo .jsonl), read-only."""
-    d = tmp_path_factory.mktemp("tiny")
+def write_training_dir(d: Path) -> Path:
+    """A tiny checkpoint (d/ckpt) and 16 pitch rows in each row form (d/sft.jsonl, task.jsonl, dpo.jsonl)."""
     write_trainable_checkpoint(d / "ckpt")
     for kind in ("sft", "task", "dpo"):
         write_jsonl(d / f"{kind}.jsonl", pitch_rows(d, 16, kind))
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory) -> Path:
+    """`write_training_dir`'s checkpoint and rows, shared by the session: read-only."""
+    return write_training_dir(tmp_path_factory.mktemp("tiny"))
 
 
 def overrides(tiny: Path, out: Path, *extra: str) -> list[str]:

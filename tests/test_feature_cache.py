@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import overrides, pitch_rows, run_script, write_jsonl, write_tone, write_trainable_checkpoint
+from conftest import overrides, pitch_rows, run_script, write_jsonl, write_tone, write_training_dir
 from qwen2audio import Qwen2AudioForConditionalGeneration
 from qwen2audio.audio import load_audio, log_mel_spectrogram
 from qwen2audio.data.feature_cache import FeatureCache, content_key
@@ -21,10 +21,7 @@ NOTE = re.compile(r"encoder cache (\S+): (\d+) clips, (\d+) cached, (\d+) comput
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("tiny_cache")
-    write_trainable_checkpoint(d / "ckpt")
-    for kind in ("sft", "task", "dpo"):
-        write_jsonl(d / f"{kind}.jsonl", pitch_rows(d, 16, kind))
+    d = write_training_dir(tmp_path_factory.mktemp("tiny_cache"))
     write_jsonl(d / "multi.jsonl", multi_audio_rows(d))
     return d
 

@@ -9,14 +9,11 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from ..checkpoint import (CONFIG_NAME, CheckpointError, checkpoint_files, hf_to_ours, iter_safetensors, ours_to_hf,
-                          read_config_json)
+from ..checkpoint import (CONFIG_NAME, CheckpointError, check_complete, checkpoint_files, hf_to_ours, iter_safetensors,
+                          ours_to_hf, read_config_json)
 
 Log = Callable[[str], None]
 Tensors = Iterable[tuple[Path, str, torch.Tensor]]  # (file, key in that file, tensor)
-LISTED = 8  # missing or unexpected names shown in an error; the count says how many more
-
-
 def read_hf_config(directory: Path, model_type: str, role: str) -> dict[str, Any]:
     """config.json of a Hugging Face directory, refused unless its model_type is `model_type`."""
     raw = read_config_json(directory)
@@ -33,10 +30,6 @@ def safetensors_tensors(directory: Path) -> Tensors:
 
 def module_shapes(module: nn.Module, prefix: str) -> dict[str, torch.Size]:
     return {prefix + name: t.shape for name, t in module.state_dict().items()}
-
-
-def listed(names: list[str]) -> str:
-    return ", ".join(names[:LISTED]) + (" ..." if len(names) > LISTED else "")
 
 
 def checked_state(tensors: Tensors, to_hub: Callable[[str], str | None], expected: dict[str, torch.Size],
@@ -62,11 +55,6 @@ def checked_state(tensors: Tensors, to_hub: Callable[[str], str | None], expecte
                                   f"{list(expected[name])}: the config does not match the weights")
         state[name] = tensor
     missing = sorted(set(expected) - set(state) - set(optional))
-    if missing or unexpected:
-        lines = [f"{source} does not hold the tensors its config describes:"]
-        if missing:
-            lines.append(f"  missing ({len(missing)}): " + listed([source_name(ours_to_hf(n)) for n in missing]))
-        if unexpected:
-            lines.append(f"  unexpected ({len(unexpected)}): " + listed(unexpected))
-        raise CheckpointError("\n".join(lines))
+    check_complete(source, missing, unexpected, f"{source} does not hold the tensors its config describes:",
+                   lambda name: source_name(ours_to_hf(name)))
     return state
